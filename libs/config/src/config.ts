@@ -1,0 +1,74 @@
+// The one place flotilla reads its environment. Every variable is listed in README.md.
+import os from 'node:os';
+import path from 'node:path';
+
+export interface FlotillaConfig {
+  /** FLOTILLA_HOME, or undefined for the system layout. */
+  home: string | undefined;
+  /** Node id: FLOTILLA_NODE_ID, default the hostname. Node-scoped subjects carry it. */
+  nodeId: string;
+  /** Gateway unix socket: <home>/containerd.sock or /run/flotilla/containerd.sock. */
+  socket: string;
+  /** Sockets and other runtime files: <home>/run or /run/flotilla. */
+  runDir: string;
+  /** Persistent state: <home>/state or /var/lib/flotilla. One subdirectory per app. */
+  stateDir: string;
+  /** Logs: <home>/logs or /var/lib/flotilla/logs. */
+  logDir: string;
+  natsUrl: string;
+  databaseUrl: string;
+  /** Largest NATS payload flotilla sends; chunks are cut below it (FLOTILLA_MAX_PAYLOAD). */
+  maxPayload: number;
+  /** Timeout for a unary request over the bus when the caller set no deadline. */
+  requestTimeoutMs: number;
+}
+
+const NODE_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+function intVar(env: NodeJS.ProcessEnv, name: string, dflt: number, min: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return dflt;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) throw new ConfigError(`${name}=${raw}: want an integer >= ${min}`);
+  return n;
+}
+
+/** Default node id: the hostname reduced to the characters a NATS subject token may hold. */
+export function defaultNodeId(): string {
+  return os.hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 63) || 'node';
+}
+
+/** Reads and validates the environment; throws ConfigError with a message naming the variable. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): FlotillaConfig {
+  const home = env.FLOTILLA_HOME ? path.resolve(env.FLOTILLA_HOME) : undefined;
+  const nodeId = env.FLOTILLA_NODE_ID || defaultNodeId();
+  if (!NODE_ID_RE.test(nodeId)) {
+    throw new ConfigError(`FLOTILLA_NODE_ID=${nodeId}: want letters, digits, '-' or '_' (max 63)`);
+  }
+  const stateDir = home ? path.join(home, 'state') : '/var/lib/flotilla';
+  const runDir = home ? path.join(home, 'run') : '/run/flotilla';
+  return {
+    home,
+    nodeId,
+    socket: home ? path.join(home, 'containerd.sock') : '/run/flotilla/containerd.sock',
+    runDir,
+    stateDir,
+    logDir: home ? path.join(home, 'logs') : '/var/lib/flotilla/logs',
+    natsUrl: env.NATS_URL || 'nats://127.0.0.1:4222',
+    databaseUrl: env.DATABASE_URL || `postgres://postgres@/flotilla?host=${path.join(runDir, 'postgres')}&port=5432`,
+    maxPayload: intVar(env, 'FLOTILLA_MAX_PAYLOAD', 1024 * 1024, 64 * 1024),
+    requestTimeoutMs: intVar(env, 'FLOTILLA_REQUEST_TIMEOUT_MS', 30_000, 100),
+  };
+}
+
+/** The state directory an app owns. */
+export function appStateDir(cfg: FlotillaConfig, app: string): string {
+  return path.join(cfg.stateDir, app);
+}

@@ -1,0 +1,3 @@
+// @flotilla/telemetry: OpenTelemetry set-up and W3C trace-context propagation helpers.
+export { initTelemetry, shutdownTelemetry, withSpan, injectTrace, extractTrace, SpanKind, otelContext } from './telemetry.js';
+export type { Carrier } from './telemetry.js';
