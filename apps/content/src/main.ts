@@ -1,0 +1,68 @@
+// flotilla-content: containerd's Content API over the local-disk backend.
+import path from 'node:path';
+import { content as api, evContent, flotillaContent as fc, leases as lapi } from '@flotilla/api';
+import { runApp, FLOTILLA_VERSION } from '@flotilla/app';
+import { endpointsFor, instanceSubject, rpcClient, serviceSubject, type CallContext } from '@flotilla/bus';
+import { appStateDir } from '@flotilla/config';
+import { ContentService, DiskStore, contentMigrations } from '@flotilla/content';
+import { connectDb, migrate } from '@flotilla/db';
+import { publishEvent } from '@flotilla/events';
+
+void runApp('content', async ({ cfg, bus }) => {
+  const sql = connectDb(cfg.databaseUrl, { appName: 'flotilla-content' });
+  await migrate(sql, 'content', contentMigrations);
+  const disk = new DiskStore(path.join(appStateDir(cfg, 'content')));
+  await disk.init();
+  const leases = rpcClient(bus, lapi.LeasesDefinition, (m) => serviceSubject('leases', m));
+  // Read replies carry at most this much data each, so one reply fits one bus batch.
+  const readChunk = Math.min(1024 * 1024, bus.chunkLimit - 1024);
+  const svc = new ContentService(sql, disk, {
+    onCommit: async (ns, lease, digest) => {
+      await leases.addResource({ id: lease, resource: { id: digest, type: 'content' } }, { namespace: ns });
+    },
+    onDelete: (ns, digest) => publishEvent(bus, ns, '/content/delete', 'containerd.events.ContentDelete', evContent.ContentDelete, { digest }),
+  }, readChunk);
+
+  const nextSubject = instanceSubject('content', bus.instance, 'WriteNext');
+  const encode = (r: fc.WriteStepReply) => fc.WriteStepReply.encode(r).finish();
+  const writeStep = (next: boolean) => async (data: Uint8Array, ctx: CallContext) => {
+    const step = fc.WriteStep.decode(data);
+    if (step.close) {
+      await svc.writeClose(step.session);
+      return encode({ session: step.session, sessionSubject: '', response: undefined, done: true });
+    }
+    const req = step.request ?? api.WriteContentRequest.fromPartial({});
+    if (!next) {
+      const r = await svc.writeOpen(req, ctx);
+      return encode({ session: r.session, sessionSubject: nextSubject, response: r.reply, done: r.done });
+    }
+    const r = await svc.writeNext(step.session, req, ctx);
+    return encode({ session: step.session, sessionSubject: nextSubject, response: r.reply, done: r.done });
+  };
+
+  await bus.addService({
+    name: 'flotilla-content',
+    version: FLOTILLA_VERSION,
+    description: 'containerd content store (io.containerd.content.v1)',
+    metadata: { plugin_type: 'io.containerd.content.v1', plugin_id: 'content', backend: 'local' },
+    endpoints: [
+      ...endpointsFor(api.ContentDefinition, (m) => serviceSubject('content', m), {
+        info: (req, ctx) => svc.info(req, ctx),
+        update: (req, ctx) => svc.update(req, ctx),
+        list: (req, ctx) => svc.list(req, ctx),
+        delete: (req, ctx) => svc.delete(req, ctx),
+        read: (req, ctx) => svc.read(req, ctx),
+        status: (req, ctx) => svc.status(req, ctx),
+        listStatuses: (req, ctx) => svc.listStatuses(req, ctx),
+        abort: (req, ctx) => svc.abort(req, ctx),
+      }),
+      { method: 'Write', subject: serviceSubject('content', 'Write'), unary: writeStep(false) },
+      { method: 'WriteNext', subject: nextSubject, unary: writeStep(true) },
+    ],
+  });
+
+  return async () => {
+    await svc.close();
+    await sql.end({ timeout: 5 });
+  };
+});

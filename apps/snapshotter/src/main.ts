@@ -1,0 +1,53 @@
+// flotilla-snapshotter: this node's snapshotters (overlayfs, native) and diff service.
+import path from 'node:path';
+import { content as capi, diff as dapi, snapshots as sapi } from '@flotilla/api';
+import { runApp, FLOTILLA_VERSION } from '@flotilla/app';
+import { endpointsFor, nodeSubject, rpcClient, serviceSubject } from '@flotilla/bus';
+import { appStateDir } from '@flotilla/config';
+import { connectDb, migrate } from '@flotilla/db';
+import { publishEvent } from '@flotilla/events';
+import { DiffService, SNAPSHOTTERS, SnapshotService, Snapshotter, snapshotMigrations } from '@flotilla/snapshots';
+
+void runApp('snapshotter', async ({ cfg, bus }) => {
+  const sql = connectDb(cfg.databaseUrl, { appName: 'flotilla-snapshotter' });
+  await migrate(sql, 'snapshots', snapshotMigrations);
+  const snapshotters = new Map<string, Snapshotter>();
+  for (const name of SNAPSHOTTERS) {
+    const s = new Snapshotter(sql, cfg.nodeId, name, path.join(appStateDir(cfg, 'snapshotter'), name));
+    await s.init();
+    snapshotters.set(name, s);
+  }
+  const snaps = new SnapshotService(snapshotters, (ns, topic, typeUrl, type, ev) => publishEvent(bus, ns, topic, typeUrl, type as any, ev));
+  const diff = new DiffService(rpcClient(bus, capi.ContentDefinition, (m) => serviceSubject('content', m)));
+
+  await bus.addService({
+    name: 'flotilla-snapshotter',
+    version: FLOTILLA_VERSION,
+    description: `snapshotters and diff of node ${cfg.nodeId}`,
+    metadata: {
+      node: cfg.nodeId,
+      plugins: [...SNAPSHOTTERS.map((n) => `io.containerd.snapshotter.v1 ${n}`), 'io.containerd.differ.v1 walking', 'io.containerd.service.v1 snapshots-service', 'io.containerd.service.v1 diff-service'].join(','),
+    },
+    endpoints: [
+      ...endpointsFor(sapi.SnapshotsDefinition, (m) => nodeSubject(cfg.nodeId, 'snapshots', m), {
+        prepare: (r, c) => snaps.prepare(r, c),
+        view: (r, c) => snaps.view(r, c),
+        mounts: (r, c) => snaps.mounts(r, c),
+        commit: (r, c) => snaps.commit(r, c),
+        remove: (r, c) => snaps.remove(r, c),
+        stat: (r, c) => snaps.stat(r, c),
+        update: (r, c) => snaps.update(r, c),
+        list: (r, c) => snaps.list(r, c),
+        usage: (r, c) => snaps.usage(r, c),
+        cleanup: (r) => snaps.cleanup(r),
+      }),
+      ...endpointsFor(dapi.DiffDefinition, (m) => nodeSubject(cfg.nodeId, 'diff', m), {
+        apply: (r, c) => diff.apply(r, c),
+        diff: () => diff.diff(),
+      }),
+    ],
+  });
+  return async () => {
+    await sql.end({ timeout: 5 });
+  };
+});

@@ -1,0 +1,335 @@
+// The NATS transport. Request/reply for unary calls, NATS micro services for
+// discoverability (name, version, stats per endpoint), pull-driven batches for streamed
+// replies, plain publish/subscribe for events.
+import { randomUUID } from 'node:crypto';
+import { connect, headers as natsHeaders, ErrorCode, type NatsConnection, type MsgHdrs, type Msg, type Service, type Subscription, NatsError } from 'nats';
+import {
+  ContainerdError, ErrorClass, classOf, errUnavailable, grpcCodeOf, isErrorClass, messageOf, withClass,
+} from '@flotilla/errdefs';
+import { SpanKind, extractTrace, injectTrace, otelContext, withSpan, type Carrier } from '@flotilla/telemetry';
+import { Header, type CallContext, contextFromHeaders, contextToHeaders, currentContext, runWithContext } from './context.js';
+import { BatchReader, StreamCursor } from './framing.js';
+import { streamSubject } from './subjects.js';
+
+export interface BusOptions {
+  url: string;
+  /** Connection name shown by nats-server (e.g. flotilla-content). */
+  name: string;
+  /** Upper bound for any payload flotilla sends; the server's max_payload lowers it further. */
+  maxPayload?: number;
+  /** Timeout for a request whose context has no deadline. */
+  requestTimeoutMs?: number;
+  /** How long an unread stream stays open before the server side drops it. */
+  streamIdleMs?: number;
+}
+
+/** Returned by a unary handler that holds a call (e.g. Wait) and wants the caller to ask again. */
+export const CONTINUE = Symbol('flotilla.continue');
+
+export type UnaryHandler = (data: Uint8Array, ctx: CallContext) => Promise<Uint8Array | typeof CONTINUE>;
+export type StreamHandler = (data: Uint8Array, ctx: CallContext) => AsyncIterable<Uint8Array>;
+
+export type EndpointSpec =
+  | { method: string; subject: string; unary: UnaryHandler }
+  | { method: string; subject: string; stream: StreamHandler };
+
+export interface ServiceSpec {
+  /** Micro service name, e.g. flotilla-content. */
+  name: string;
+  version: string;
+  description: string;
+  metadata?: Record<string, string>;
+  endpoints: EndpointSpec[];
+}
+
+// Space kept free in each payload for headers and protocol overhead.
+const HEADROOM = 8 * 1024;
+
+const hdrCarrier = (h: MsgHdrs): Carrier => ({ get: (k) => h.get(k) || undefined, set: (k, v) => h.set(k, v) });
+
+interface StreamSession {
+  cursor: StreamCursor;
+  timer: NodeJS.Timeout;
+  ctx: CallContext;
+}
+
+export class Bus {
+  readonly nc: NatsConnection;
+  /** Largest batch this bus sends, below the server's max_payload. */
+  readonly chunkLimit: number;
+  private readonly timeoutMs: number;
+  private readonly idleMs: number;
+  /** Unique per connection; names subjects that must reach this process only. */
+  readonly instance = randomUUID().replaceAll("-", "");
+  private readonly sessions = new Map<string, StreamSession>();
+  private streamSub?: Subscription;
+  private readonly services: Service[] = [];
+
+  private constructor(nc: NatsConnection, opts: BusOptions) {
+    this.nc = nc;
+    const serverMax = nc.info?.max_payload ?? 1024 * 1024;
+    this.chunkLimit = Math.min(opts.maxPayload ?? serverMax, serverMax) - HEADROOM;
+    this.timeoutMs = opts.requestTimeoutMs ?? 120_000;
+    this.idleMs = opts.streamIdleMs ?? 60_000;
+  }
+
+  static async connect(opts: BusOptions): Promise<Bus> {
+    const nc = await connect({
+      servers: opts.url,
+      name: opts.name,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      waitOnFirstConnect: true,
+    });
+    return new Bus(nc, opts);
+  }
+
+  // ---- client side ----
+
+  private headersFor(ctx: CallContext): MsgHdrs {
+    const h = contextToHeaders(ctx);
+    injectTrace(hdrCarrier(h));
+    return h;
+  }
+
+  private timeoutFor(ctx: CallContext): number {
+    if (ctx.deadline === undefined) return this.timeoutMs;
+    const left = ctx.deadline - Date.now();
+    if (left <= 0) throw new ContainerdError(ErrorClass.DeadlineExceeded, 'context deadline exceeded');
+    return left;
+  }
+
+  /** One NATS request; maps transport failures and error replies to containerd errors. */
+  private async requestOnce(subject: string, data: Uint8Array, h: MsgHdrs, ctx: CallContext): Promise<Msg> {
+    let msg: Msg;
+    try {
+      msg = await this.nc.request(subject, data, { timeout: this.timeoutFor(ctx), headers: h });
+    } catch (err) {
+      if (err instanceof NatsError && err.code === ErrorCode.NoResponders) {
+        throw errUnavailable(`${subject}: no service is answering`, { cause: err });
+      }
+      if (err instanceof NatsError && err.code === ErrorCode.Timeout) {
+        if (ctx.deadline !== undefined && Date.now() >= ctx.deadline) {
+          throw new ContainerdError(ErrorClass.DeadlineExceeded, 'context deadline exceeded', { cause: err });
+        }
+        throw errUnavailable(`${subject}: no reply in time`, { cause: err });
+      }
+      if (err instanceof ContainerdError) throw err;
+      throw errUnavailable(`${subject}: ${messageOf(err)}`, { cause: err });
+    }
+    throwIfError(msg);
+    return msg;
+  }
+
+  /**
+   * Unary request in the current (or given) call context. Replies marked Continue are
+   * re-sent until an answer or the deadline: that is how a blocking Wait crosses the bus
+   * and survives a restart of the service holding it.
+   */
+  async request(subject: string, data: Uint8Array, ctx: CallContext = currentContext()): Promise<Uint8Array> {
+    for (;;) {
+      const msg = await this.requestOnce(subject, data, this.headersFor(ctx), ctx);
+      if (msg.headers?.get(Header.Continue)) continue;
+      return msg.data;
+    }
+  }
+
+  /**
+   * One request, passing a Continue reply back instead of re-sending: for a service that
+   * relays a held call (tasks -> node agent), so the hold reaches the original caller.
+   */
+  async forward(subject: string, data: Uint8Array, ctx: CallContext = currentContext()): Promise<Uint8Array | typeof CONTINUE> {
+    const msg = await this.requestOnce(subject, data, this.headersFor(ctx), ctx);
+    return msg.headers?.get(Header.Continue) ? CONTINUE : msg.data;
+  }
+
+  /**
+   * Streamed request: yields each message of the reply. The server sends one batch per
+   * request and we ask for the next only while reading the current one, so a slow reader
+   * holds at most two batches in memory.
+   */
+  async *requestStream(subject: string, data: Uint8Array, ctx: CallContext = currentContext()): AsyncGenerator<Uint8Array> {
+    const reader = new BatchReader();
+    let msg = await this.requestOnce(subject, data, this.headersFor(ctx), ctx);
+    let done = false;
+    try {
+      for (;;) {
+        const end = !!msg.headers?.get(Header.StreamEnd);
+        const id = msg.headers?.get(Header.Stream);
+        const next = msg.headers?.get(Header.StreamSubject);
+        let pending: Promise<Msg> | undefined;
+        if (!end) {
+          if (!id || !next) throw errUnavailable(`${subject}: malformed stream reply`);
+          const h = this.headersFor(ctx);
+          h.set(Header.Stream, id);
+          pending = this.requestOnce(next, new Uint8Array(0), h, ctx);
+          pending.catch(() => {}); // observed below
+        }
+        for (const m of reader.read(msg.data)) yield m;
+        if (!pending) {
+          done = true;
+          if (reader.incomplete) throw errUnavailable(`${subject}: stream ended inside a message`);
+          return;
+        }
+        msg = await pending;
+      }
+    } finally {
+      if (!done) this.cancelStream(msg);
+    }
+  }
+
+  private cancelStream(last: Msg): void {
+    const id = last.headers?.get(Header.Stream);
+    const next = last.headers?.get(Header.StreamSubject);
+    if (!id || !next || last.headers?.get(Header.StreamEnd)) return;
+    const h = natsHeaders();
+    h.set(Header.Stream, id);
+    h.set(Header.StreamCancel, '1');
+    this.nc.publish(next, new Uint8Array(0), { headers: h });
+  }
+
+  publish(subject: string, data: Uint8Array, ctx: CallContext = currentContext()): void {
+    this.nc.publish(subject, data, { headers: this.headersFor(ctx) });
+  }
+
+  subscribe(subject: string, onMsg: (data: Uint8Array, ctx: CallContext, subject: string) => void): Subscription {
+    return this.nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (!err) onMsg(msg.data, contextFromHeaders(msg.headers), msg.subject);
+      },
+    });
+  }
+
+  // ---- server side ----
+
+  /** Registers a NATS micro service with one endpoint per method (queue group: any replica answers). */
+  async addService(spec: ServiceSpec): Promise<Service> {
+    const srv = await this.nc.services.add({
+      name: spec.name,
+      version: spec.version,
+      description: spec.description,
+      metadata: spec.metadata,
+    });
+    for (const ep of spec.endpoints) {
+      srv.addEndpoint(ep.method, {
+        subject: ep.subject,
+        handler: (err, msg) => {
+          if (err) return;
+          void this.dispatch(spec.name, ep, msg);
+        },
+      });
+    }
+    if (spec.endpoints.some((ep) => 'stream' in ep)) this.ensureStreamEndpoint();
+    this.services.push(srv);
+    return srv;
+  }
+
+  private async dispatch(service: string, ep: EndpointSpec, msg: Msg): Promise<void> {
+    const ctx = contextFromHeaders(msg.headers);
+    const parent = msg.headers ? extractTrace(hdrCarrier(msg.headers), otelContext.active()) : otelContext.active();
+    await withSpan(`${service}/${ep.method}`, SpanKind.SERVER, parent, { 'rpc.system': 'nats', 'rpc.method': ep.method }, () =>
+      runWithContext(ctx, async () => {
+        try {
+          if ('unary' in ep) {
+            const out = await ep.unary(msg.data, ctx);
+            if (out === CONTINUE) {
+              const h = natsHeaders();
+              h.set(Header.Continue, '1');
+              msg.respond(new Uint8Array(0), { headers: h });
+            } else {
+              msg.respond(out);
+            }
+          } else {
+            const cursor = new StreamCursor(ep.stream(msg.data, ctx)[Symbol.asyncIterator](), this.chunkLimit);
+            await this.sendBatch(msg, cursor, ctx, randomUUID());
+          }
+        } catch (e) {
+          // Unclassified errors are bugs or environment failures: keep their stack.
+          if (classOf(e) === ErrorClass.Unknown) {
+            process.stderr.write(JSON.stringify({ time: new Date().toISOString(), msg: 'handler failed', endpoint: `${service}/${ep.method}`, error: e instanceof Error ? e.stack : String(e) }) + '\n');
+          }
+          respondError(msg, e);
+        }
+      }),
+    ).catch(() => {});
+  }
+
+  private ensureStreamEndpoint(): void {
+    if (this.streamSub) return;
+    this.streamSub = this.nc.subscribe(streamSubject(this.instance), {
+      callback: (err, msg) => {
+        if (err) return;
+        const id = msg.headers?.get(Header.Stream) ?? '';
+        const s = this.sessions.get(id);
+        if (!s) {
+          if (msg.reply) respondError(msg, errUnavailable(`stream ${id}: expired or unknown`));
+          return;
+        }
+        this.sessions.delete(id);
+        clearTimeout(s.timer);
+        if (msg.headers?.get(Header.StreamCancel)) {
+          void s.cursor.cancel();
+          return;
+        }
+        void runWithContext(s.ctx, () => this.sendBatch(msg, s.cursor, s.ctx, id)).catch((e) => respondError(msg, e));
+      },
+    });
+  }
+
+  /** Replies with the next batch; keeps the session while more may follow. */
+  private async sendBatch(msg: Msg, cursor: StreamCursor, ctx: CallContext, id: string): Promise<void> {
+    let next: { batch: Uint8Array; end: boolean };
+    try {
+      next = await cursor.next();
+    } catch (e) {
+      respondError(msg, e);
+      return;
+    }
+    const h = natsHeaders();
+    if (next.end) {
+      h.set(Header.StreamEnd, '1');
+    } else {
+      h.set(Header.Stream, id);
+      h.set(Header.StreamSubject, streamSubject(this.instance));
+      this.sessions.set(id, {
+        cursor,
+        ctx,
+        timer: setTimeout(() => {
+          this.sessions.delete(id);
+          void cursor.cancel();
+        }, this.idleMs).unref(),
+      });
+    }
+    msg.respond(next.batch, { headers: h });
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.services) await s.stop().catch(() => {});
+    for (const [, s] of this.sessions) {
+      clearTimeout(s.timer);
+      void s.cursor.cancel();
+    }
+    this.sessions.clear();
+    await this.nc.drain().catch(() => {});
+  }
+}
+
+function respondError(msg: Msg, err: unknown): void {
+  if (!msg.reply) return;
+  const cls = classOf(err);
+  const h = natsHeaders();
+  h.set(Header.ErrorClass, cls);
+  h.set(Header.ErrorCode, String(grpcCodeOf(cls)));
+  // Header values must not carry line breaks.
+  h.set(Header.Error, messageOf(err).replace(/[\r\n]+/g, ' '));
+  msg.respond(new Uint8Array(0), { headers: h });
+}
+
+function throwIfError(msg: Msg): void {
+  const h = msg.headers;
+  if (!h) return;
+  const text = h.get(Header.Error);
+  const cls = h.get(Header.ErrorClass);
+  if (!text && !cls) return;
+  throw withClass(cls && isErrorClass(cls) ? cls : ErrorClass.Unknown, text || cls || 'unknown');
+}

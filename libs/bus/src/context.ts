@@ -1,0 +1,68 @@
+// The per-call context that travels with every request: namespace, lease, deadline and the
+// node of the gateway that received the call. Held in AsyncLocalStorage so handlers and the
+// calls they make never pass it by hand; written to and read from NATS headers only here.
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { headers as natsHeaders, type MsgHdrs } from 'nats';
+
+export interface CallContext {
+  namespace?: string;
+  lease?: string;
+  /** Absolute deadline, epoch milliseconds. */
+  deadline?: number;
+  /** Node whose gateway received the client's call; node-scoped work is routed there. */
+  node?: string;
+}
+
+export const Header = {
+  Namespace: 'Flotilla-Namespace',
+  Lease: 'Flotilla-Lease',
+  Deadline: 'Flotilla-Deadline',
+  Node: 'Flotilla-Node',
+  ErrorClass: 'Flotilla-Error-Class',
+  // NATS micro's own error headers; their code carries the gRPC status code.
+  ErrorCode: 'Nats-Service-Error-Code',
+  Error: 'Nats-Service-Error',
+  /** Reply to a held call (e.g. Wait): nothing yet, send the same request again. */
+  Continue: 'Flotilla-Continue',
+  Stream: 'Flotilla-Stream',
+  StreamSubject: 'Flotilla-Stream-Subject',
+  StreamEnd: 'Flotilla-Stream-End',
+  StreamCancel: 'Flotilla-Stream-Cancel',
+} as const;
+
+const storage = new AsyncLocalStorage<CallContext>();
+
+export function currentContext(): CallContext {
+  return storage.getStore() ?? {};
+}
+
+export function runWithContext<T>(ctx: CallContext, fn: () => T): T {
+  return storage.run(ctx, fn);
+}
+
+/** Milliseconds left before the current deadline, or `fallback` when there is none. */
+export function remainingMs(ctx: CallContext, fallback: number): number {
+  return ctx.deadline === undefined ? fallback : Math.max(0, ctx.deadline - Date.now());
+}
+
+export function contextToHeaders(ctx: CallContext, h: MsgHdrs = natsHeaders()): MsgHdrs {
+  if (ctx.namespace) h.set(Header.Namespace, ctx.namespace);
+  if (ctx.lease) h.set(Header.Lease, ctx.lease);
+  if (ctx.deadline !== undefined) h.set(Header.Deadline, String(ctx.deadline));
+  if (ctx.node) h.set(Header.Node, ctx.node);
+  return h;
+}
+
+export function contextFromHeaders(h: MsgHdrs | undefined): CallContext {
+  if (!h) return {};
+  const ctx: CallContext = {};
+  const ns = h.get(Header.Namespace);
+  if (ns) ctx.namespace = ns;
+  const lease = h.get(Header.Lease);
+  if (lease) ctx.lease = lease;
+  const dl = Number(h.get(Header.Deadline));
+  if (h.get(Header.Deadline) && Number.isFinite(dl)) ctx.deadline = dl;
+  const node = h.get(Header.Node);
+  if (node) ctx.node = node;
+  return ctx;
+}

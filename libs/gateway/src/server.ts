@@ -1,0 +1,318 @@
+// The gateway: containerd 1.6's gRPC API on a unix socket, translated call by call to NATS.
+// It carries namespace, lease, deadline, node and trace context into bus headers and maps
+// containerd error classes back to gRPC status codes. Requests and replies pass through as
+// the client's own protobuf bytes; only content Write is decoded, to frame it for the bus.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import * as api from '@flotilla/api';
+import type { ServiceDefinition } from '@flotilla/api';
+import { Bus, type CallContext } from '@flotilla/bus';
+import { ContainerdError, ErrorClass, classOf, grpcCodeOf, messageOf, errUnavailable } from '@flotilla/errdefs';
+import { SpanKind, extractTrace, otelContext, withSpan, type Carrier } from '@flotilla/telemetry';
+import { routeFor, type Route } from './routes.js';
+import { decodeCheckRequest, encodeCheckResponse, healthDefinition, ServingStatus } from './health.js';
+import { listPlugins } from './introspection.js';
+
+export interface GatewayOptions {
+  bus: Bus;
+  socket: string;
+  nodeId: string;
+  /** Directory for the gateway's own state (its server UUID). */
+  stateDir: string;
+  version: string;
+  revision: string;
+  log?: (msg: string, fields?: Record<string, unknown>) => void;
+}
+
+const NAMESPACE_KEY = 'containerd-namespace';
+const LEASE_KEY = 'containerd-lease';
+/** containerd's gRPC message limit (16 MiB), for both directions. */
+const MAX_MESSAGE = 16 << 20;
+
+const SERVICES: ServiceDefinition[] = [
+  api.containers.ContainersDefinition, api.content.ContentDefinition, api.diff.DiffDefinition,
+  api.events.EventsDefinition, api.images.ImagesDefinition, api.introspection.IntrospectionDefinition,
+  api.leases.LeasesDefinition, api.namespaces.NamespacesDefinition, api.snapshots.SnapshotsDefinition,
+  api.tasks.TasksDefinition, api.version.VersionDefinition,
+] as unknown as ServiceDefinition[];
+
+const identity = (b: Buffer) => b;
+
+function rawDefinition(def: ServiceDefinition): grpc.ServiceDefinition {
+  const out: Record<string, grpc.MethodDefinition<Buffer, Buffer>> = {};
+  for (const m of Object.values(def.methods)) {
+    out[m.name] = {
+      path: `/${def.fullName}/${m.name}`,
+      requestStream: m.requestStream,
+      responseStream: m.responseStream,
+      requestSerialize: identity,
+      requestDeserialize: identity,
+      responseSerialize: identity,
+      responseDeserialize: identity,
+    };
+  }
+  return out;
+}
+
+function metadataCarrier(md: grpc.Metadata): Carrier {
+  return { get: (k) => (md.get(k)[0] as string | undefined) ?? undefined, set: () => {} };
+}
+
+function toStatus(err: unknown): Partial<grpc.StatusObject> {
+  const cls = classOf(err);
+  return { code: grpcCodeOf(cls) as number as grpc.status, details: messageOf(err) };
+}
+
+export class Gateway {
+  private server?: grpc.Server;
+  private uuid = '';
+  constructor(private readonly opts: GatewayOptions) {}
+
+  private contextOf(call: { metadata: grpc.Metadata; getDeadline(): grpc.Deadline }): CallContext {
+    const md = call.metadata;
+    const ctx: CallContext = { node: this.opts.nodeId };
+    const ns = md.get(NAMESPACE_KEY)[0];
+    if (typeof ns === 'string' && ns) ctx.namespace = ns;
+    const lease = md.get(LEASE_KEY)[0];
+    if (typeof lease === 'string' && lease) ctx.lease = lease;
+    const dl = call.getDeadline();
+    const ms = dl instanceof Date ? dl.getTime() : dl;
+    if (Number.isFinite(ms) && ms > 0) ctx.deadline = ms;
+    return ctx;
+  }
+
+  /** Runs a handler inside a server span continuing the client's trace. */
+  private traced<T>(pathName: string, md: grpc.Metadata, fn: () => Promise<T>): Promise<T> {
+    const parent = extractTrace(metadataCarrier(md), otelContext.active());
+    return withSpan(pathName, SpanKind.SERVER, parent, { 'rpc.system': 'grpc', 'rpc.method': pathName }, fn);
+  }
+
+  private unary(pathName: string, handler: (req: Buffer, ctx: CallContext) => Promise<Buffer>): grpc.handleUnaryCall<Buffer, Buffer> {
+    return (call, cb) => {
+      const ctx = this.contextOf(call);
+      this.traced(pathName, call.metadata, () => handler(call.request, ctx)).then(
+        (res) => cb(null, res),
+        (err) => cb(toStatus(err)),
+      );
+    };
+  }
+
+  private serverStream(pathName: string, subject: string): grpc.handleServerStreamingCall<Buffer, Buffer> {
+    return (call) => {
+      const ctx = this.contextOf(call);
+      let cancelled = false;
+      call.on('cancelled', () => (cancelled = true));
+      this.traced(pathName, call.metadata, async () => {
+        const it = this.opts.bus.requestStream(subject, call.request, ctx);
+        for await (const msg of it) {
+          if (cancelled) break;
+          if (!call.write(Buffer.from(msg.buffer, msg.byteOffset, msg.byteLength))) {
+            await new Promise((r) => call.once('drain', r));
+          }
+        }
+      }).then(
+        () => call.end(),
+        (err) => call.destroy(Object.assign(new Error(messageOf(err)), toStatus(err)) as Error),
+      );
+    };
+  }
+
+  /**
+   * Content Write: each client message becomes one WriteStep on the bus; messages with
+   * more data than one bus payload are cut into consecutive WRITE steps at increasing
+   * offsets, which containerd's Write semantics make equivalent to the single message.
+   */
+  private contentWrite(): grpc.handleBidiStreamingCall<Buffer, Buffer> {
+    const { bus } = this.opts;
+    const WA = api.content.WriteAction;
+    return (call) => {
+      const ctx = this.contextOf(call);
+      let session = '';
+      let next = '';
+      let finished = false;
+      const queue: Buffer[] = [];
+      let busy = false;
+      let ended = false;
+      const fail = (err: unknown) => {
+        if (finished) return;
+        finished = true;
+        void closeSession();
+        call.emit('error', Object.assign(new Error(messageOf(err)), toStatus(err)));
+      };
+      const closeSession = async () => {
+        if (!session) return;
+        const s = session;
+        session = '';
+        const step = api.flotillaContent.WriteStep.encode({ session: s, request: undefined, close: true }).finish();
+        await bus.request(next, step, ctx).catch(() => {});
+      };
+      const send = async (req: api.content.WriteContentRequest): Promise<api.flotillaContent.WriteStepReply> => {
+        const step = api.flotillaContent.WriteStep.encode({ session, request: req, close: false }).finish();
+        const reply = api.flotillaContent.WriteStepReply.decode(await bus.request(session ? next : api_subject('Write'), step, ctx));
+        if (!session) {
+          session = reply.session;
+          next = reply.sessionSubject;
+        }
+        return reply;
+      };
+      const api_subject = (m: string) => routeFor(api.content.ContentDefinition.fullName, this.opts.nodeId)!(m);
+      const handle = async (buf: Buffer) => {
+        const req = api.content.WriteContentRequest.decode(buf);
+        const limit = bus.chunkLimit - 4096;
+        let reply: api.flotillaContent.WriteStepReply;
+        if (req.data.length > limit && req.action !== WA.STAT) {
+          // Leading pieces as plain writes; the last piece carries the original action.
+          let off = 0;
+          let offset = req.offset;
+          while (req.data.length - off > limit) {
+            const piece = { ...req, action: WA.WRITE, offset, data: req.data.subarray(off, off + limit), labels: {} };
+            if (off > 0) piece.expected = '';
+            await send(piece);
+            off += limit;
+            offset = offset + limit;
+          }
+          reply = await send({ ...req, offset, data: req.data.subarray(off) });
+        } else {
+          reply = await send(req);
+        }
+        call.write(Buffer.from(api.content.WriteContentResponse.encode(reply.response!).finish()));
+        if (reply.done) {
+          session = '';
+          finished = true;
+          call.end();
+        }
+      };
+      const pump = async () => {
+        if (busy) return;
+        busy = true;
+        try {
+          while (queue.length > 0 && !finished) await handle(queue.shift()!);
+          if (ended && !finished) {
+            finished = true;
+            await closeSession();
+            call.end();
+          }
+        } catch (err) {
+          fail(err);
+        } finally {
+          busy = false;
+        }
+      };
+      call.on('data', (b: Buffer) => {
+        queue.push(b);
+        void pump();
+      });
+      call.on('end', () => {
+        ended = true;
+        void pump();
+      });
+      call.on('cancelled', () => {
+        finished = true;
+        void closeSession();
+      });
+      call.on('error', () => void closeSession());
+    };
+  }
+
+  private forward(def: ServiceDefinition, route: Route): grpc.UntypedServiceImplementation {
+    const impl: grpc.UntypedServiceImplementation = {};
+    for (const m of Object.values(def.methods)) {
+      const pathName = `/${def.fullName}/${m.name}`;
+      const subject = route(m.name);
+      if (m.requestStream) {
+        if (def.fullName === api.content.ContentDefinition.fullName && m.name === 'Write') impl[m.name] = this.contentWrite();
+        continue;
+      }
+      impl[m.name] = m.responseStream
+        ? this.serverStream(pathName, subject)
+        : this.unary(pathName, async (req, ctx) => Buffer.from(await this.opts.bus.request(subject, req, ctx)));
+    }
+    return impl;
+  }
+
+  /** Services the gateway answers itself: version, introspection and health. */
+  private local(def: ServiceDefinition): grpc.UntypedServiceImplementation {
+    const { version: V, introspection: I } = api;
+    if (def.fullName === V.VersionDefinition.fullName) {
+      return {
+        Version: this.unary(`/${def.fullName}/Version`, async () =>
+          Buffer.from(V.VersionResponse.encode({ version: this.opts.version, revision: this.opts.revision }).finish())),
+      };
+    }
+    if (def.fullName === I.IntrospectionDefinition.fullName) {
+      return {
+        Plugins: this.unary(`/${def.fullName}/Plugins`, async (req) => {
+          const r = I.PluginsRequest.decode(req);
+          const plugins = await listPlugins(this.opts.bus, this.opts.nodeId, r.filters);
+          return Buffer.from(I.PluginsResponse.encode({ plugins }).finish());
+        }),
+        Server: this.unary(`/${def.fullName}/Server`, async () => Buffer.from(I.ServerResponse.encode({ uuid: this.uuid }).finish())),
+      };
+    }
+    return {};
+  }
+
+  private health(): grpc.UntypedServiceImplementation {
+    const status = () => (this.opts.bus.nc.isClosed() ? ServingStatus.NOT_SERVING : ServingStatus.SERVING);
+    return {
+      Check: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+        const { service } = decodeCheckRequest(call.request);
+        if (service && service !== 'containerd' && !service.startsWith('containerd.')) {
+          cb({ code: grpc.status.NOT_FOUND, details: 'unknown service' });
+          return;
+        }
+        cb(null, encodeCheckResponse(status()));
+      },
+      Watch: (call: grpc.ServerWritableStream<Buffer, Buffer>) => {
+        call.write(encodeCheckResponse(status()));
+      },
+    };
+  }
+
+  async start(): Promise<void> {
+    const { socket, stateDir } = this.opts;
+    await fs.mkdir(stateDir, { recursive: true });
+    const uuidFile = path.join(stateDir, 'uuid');
+    this.uuid = (await fs.readFile(uuidFile, 'utf8').catch(() => '')).trim();
+    if (!this.uuid) {
+      this.uuid = randomUUID();
+      await fs.writeFile(uuidFile, this.uuid);
+    }
+    const server = new grpc.Server({
+      'grpc.max_receive_message_length': MAX_MESSAGE,
+      'grpc.max_send_message_length': MAX_MESSAGE,
+    });
+    for (const def of SERVICES) {
+      const route = routeFor(def.fullName, this.opts.nodeId);
+      server.addService(rawDefinition(def), route ? this.forward(def, route) : this.local(def));
+    }
+    server.addService(healthDefinition(), this.health());
+    await fs.mkdir(path.dirname(socket), { recursive: true });
+    await fs.rm(socket, { force: true });
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+    );
+    await fs.chmod(socket, 0o660);
+    this.server = server;
+  }
+
+  async stop(): Promise<void> {
+    const s = this.server;
+    if (!s) return;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        s.forceShutdown();
+        resolve();
+      }, 3000);
+      s.tryShutdown(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+    await fs.rm(this.opts.socket, { force: true });
+  }
+}
+
+export { ContainerdError, ErrorClass, errUnavailable };
