@@ -10,6 +10,7 @@ import { AgentService } from '@flotilla/tasks';
 void runApp('node-agent', async ({ cfg, bus, log }) => {
   const shims = new ShimManager({
     stateDir: appStateDir(cfg, 'node-agent'),
+    runDir: path.join(cfg.runDir, 'node-agent'),
     eventsSocket: path.join(cfg.runDir, 'node-agent', 'events.ttrpc.sock'),
     grpcAddress: cfg.socket,
     logDir: cfg.logDir,

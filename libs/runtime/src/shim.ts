@@ -1,282 +1,565 @@
-// The node agent's shim manager: starts containerd-shim-runc-v2 exactly as containerd 1.6's
-// runtime v2 does (bundle layout, arguments, environment, log FIFO), talks ttrpc to it,
-// and serves the ttrpc Events endpoint the shims forward their events to.
-import { spawn, execFile } from 'node:child_process';
-import { promisify } from 'node:util';
+// The node agent's shim manager: starts containerd-shim-runc-v2 as containerd 1.6's runtime
+// v2 does (bundle layout, arguments, environment, log FIFO, cleanup with `shim delete`),
+// drives it over ttrpc (containerd.task.v2.Task), and serves the ttrpc Events endpoint the
+// shims forward their task events to.
+import { spawn } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
-import { constants as fsc, createWriteStream, openSync } from 'node:fs';
-import net from 'node:net';
+import type net from 'node:net';
 import path from 'node:path';
-import { Any, Empty, shim as sapi, ttrpcEvents, type Mount, type MessageType } from '@flotilla/api';
-import { errAlreadyExists, errNotFound, errUnavailable, errInvalidArgument, isNotFound } from '@flotilla/errdefs';
+import {
+  Any, Empty, evTask, packAny, shim as sapi, toTimestamp, ttrpcEvents, type MessageType, type Mount, type Timestamp,
+} from '@flotilla/api';
+import {
+  ContainerdError, ErrorClass, classOf, errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound, isNotFound, isUnavailable,
+  messageOf,
+} from '@flotilla/errdefs';
+import { validateIdentifier } from '@flotilla/identifiers';
 import { TtrpcClient, TtrpcServer } from '@flotilla/ttrpc';
+import { type Bundle, bundleAt, createBundle, deleteBundle, openShimLog } from './bundle.js';
 
-const execFileP = promisify(execFile);
 const TASK_SERVICE = 'containerd.task.v2.Task';
-const DEFAULT_RUNTIME = 'io.containerd.runc.v2';
-/** Runtimes this agent runs, by containerd's runtime name, and the shim binary for each. */
-const SHIM_BINARIES: Record<string, string> = { 'io.containerd.runc.v2': 'containerd-shim-runc-v2' };
+const EVENTS_SERVICE = 'containerd.services.events.ttrpc.v1.Events';
+/** containerd's namespace header on ttrpc calls (namespaces.TTRPCHeader). */
+const NS_HEADER = 'containerd-namespace-ttrpc';
+export const DEFAULT_RUNTIME = 'io.containerd.runc.v2';
+const DEFAULT_SHIM = 'containerd-shim-runc-v2';
+/** containerd's io.containerd.timeout.shim.{shutdown,cleanup,load}. */
+const SHUTDOWN_TIMEOUT_MS = 3_000;
+const CLEANUP_TIMEOUT_MS = 5_000;
+const LOAD_TIMEOUT_MS = 5_000;
+/** `shim start` only forks the daemon and answers its address; longer means it is stuck. */
+const START_TIMEOUT_MS = 30_000;
 
 export interface ShimEvent {
-  namespace: string;
   topic: string;
+  namespace: string;
+  /** The event as google.protobuf.Any (typeUrl e.g. containerd.events.TaskExit). */
   event: Any | undefined;
-  timestamp: { seconds: number; nanos: number } | undefined;
+  timestamp: Timestamp | undefined;
 }
 
 export interface ShimManagerOptions {
-  /** Bundles live in <stateDir>/<namespace>/<id>. */
+  /** Bundles live in <stateDir>/<namespace>/<id>; a restarted agent finds its shims there. */
   stateDir: string;
+  /** Work directories live in <runDir>/work/<namespace>/<id>; default <stateDir>/.work. */
+  runDir?: string;
   /** Our ttrpc events server socket, passed to shims as TTRPC_ADDRESS. */
   eventsSocket: string;
-  /** Passed as -address (the gateway socket); shims derive their socket path from it. */
+  /** Passed to shims as -address (the gateway socket); they hash it into their socket path. */
   grpcAddress: string;
-  /** Where shim logs (their log FIFO) are appended. */
-  logDir: string;
-  onEvent: (e: ShimEvent) => void;
+  /** The binary for io.containerd.runc.v2; default containerd-shim-runc-v2 from PATH. */
+  shimBinary?: string;
+  /** Passed as -publish-binary. The shims publish through TTRPC_ADDRESS, so it is never run. */
+  publishBinary?: string;
+  /** If set, each shim's log is appended to <logDir>/shim-<namespace>-<id>.log. */
+  logDir?: string;
+  /** Our log: shim log lines (when no logDir) and cleanup warnings. Default: stderr. */
+  log?: (msg: string, fields?: Record<string, unknown>) => void;
+  /** Every event a shim forwards, and the exit/delete events of shims that died. */
+  onEvent: (e: ShimEvent) => void | Promise<void>;
 }
 
-export interface CreateOptions {
+export interface CreateTaskOptions {
   namespace: string;
   id: string;
-  /** The OCI runtime spec as JSON (containers.Container.spec's value). */
-  spec: Uint8Array;
-  runtime?: string;
+  /** The OCI runtime spec JSON, written as the bundle's config.json. */
+  bundleSpec: Uint8Array;
+  /** Mounts the shim mounts on <bundle>/rootfs before runc create. */
   rootfs: Mount[];
   stdin: string;
   stdout: string;
   stderr: string;
   terminal: boolean;
+  /** Runtime options (e.g. containerd.runc.v1.Options), given to the shim on start and create. */
   options?: Any;
+  /** containerd runtime name (io.containerd.runc.v2) or an absolute shim path. */
+  runtime?: string;
 }
 
-interface Shim {
-  namespace: string;
-  id: string;
-  bundle: string;
+/** The skeleton's create options; `spec` is `bundleSpec`. */
+
+export interface ExecOptions {
+  /** The process spec (OCI Process JSON) as Any, as containerd sends it. */
+  spec: Any;
+  terminal: boolean;
+  stdin: string;
+  stdout: string;
+  stderr: string;
+}
+
+export interface TaskExitInfo {
+  pid: number;
+  exitStatus: number;
+  exitedAt: Timestamp | undefined;
+}
+
+interface ShimHandle {
+  bundle: Bundle;
+  /** The shim binary, also recorded in the bundle as shim-binary-path. */
+  binary: string;
   client: TtrpcClient;
-  /** Reading end of the shim's log FIFO; destroying it closes the fd. */
   log?: net.Socket;
+  /** Set when we end the connection on purpose (delete, close): no dead-shim cleanup then. */
+  closing: boolean;
+  /** A whole-task delete is in progress. */
+  deleting?: boolean;
+}
+
+function defaultLog(msg: string, fields?: Record<string, unknown>): void {
+  process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), msg, ...fields })}\n`);
+}
+
+function wrap(err: unknown, context: string): ContainerdError {
+  return new ContainerdError(classOf(err), `${context}: ${messageOf(err)}`, { cause: err });
 }
 
 export class ShimManager {
-  private readonly shims = new Map<string, Shim>();
+  private readonly shims = new Map<string, ShimHandle>();
+  /** Keys of tasks being created, so two creates of one id cannot race. */
+  private readonly creating = new Set<string>();
   private readonly events = new TtrpcServer();
+  private readonly workRoot: string;
+  private readonly log: (msg: string, fields?: Record<string, unknown>) => void;
 
-  constructor(private readonly opts: ShimManagerOptions) {}
-
-  private key(ns: string, id: string): string {
-    return `${ns}/${id}`;
+  constructor(private readonly opts: ShimManagerOptions) {
+    this.workRoot = opts.runDir ? path.join(opts.runDir, 'work') : path.join(opts.stateDir, '.work');
+    this.log = opts.log ?? defaultLog;
   }
 
-  bundlePath(ns: string, id: string): string {
-    return path.join(this.opts.stateDir, ns, id);
-  }
-
+  /** Starts the events server; shims cannot start before it listens (they dial it at start). */
   async start(): Promise<void> {
-    await fs.mkdir(this.opts.stateDir, { recursive: true });
-    await fs.mkdir(this.opts.logDir, { recursive: true });
-    await fs.mkdir(path.dirname(this.opts.eventsSocket), { recursive: true });
-    this.events.register(ttrpcEvents.EventsDefinition.fullName, 'Forward', async (payload) => {
-      const req = ttrpcEvents.ForwardRequest.decode(payload);
-      const env = req.envelope;
-      if (env) this.opts.onEvent({ namespace: env.namespace, topic: env.topic, event: env.event, timestamp: env.timestamp });
-      return new Uint8Array(0);
+    await fs.mkdir(this.opts.stateDir, { recursive: true, mode: 0o711 });
+    await fs.mkdir(this.workRoot, { recursive: true, mode: 0o711 });
+    await fs.mkdir(path.dirname(this.opts.eventsSocket), { recursive: true, mode: 0o711 });
+    if (this.opts.logDir) await fs.mkdir(this.opts.logDir, { recursive: true });
+    this.events.register(EVENTS_SERVICE, 'Forward', async (payload) => {
+      const env = ttrpcEvents.ForwardRequest.decode(payload).envelope;
+      if (!env) throw errInvalidArgument('forward: envelope must be set');
+      await this.opts.onEvent({ topic: env.topic, namespace: env.namespace, event: env.event, timestamp: env.timestamp });
+      return Empty.encode({}).finish();
     });
     await this.events.listen(this.opts.eventsSocket, 0o600);
   }
 
-  /** Reconnects to shims still running from an earlier life of this agent (live restore). */
+  bundlePath(namespace: string, id: string): string {
+    return bundleAt(this.opts.stateDir, namespace, id).path;
+  }
+
+  has(namespace: string, id: string): boolean {
+    return this.shims.has(key(namespace, id));
+  }
+
+  /** Ids of this namespace's tasks with a live shim. */
+  list(namespace: string): string[] {
+    return [...this.shims.values()].filter((s) => s.bundle.namespace === namespace).map((s) => s.bundle.id);
+  }
+
+  /**
+   * Reconnects to shims still running from an earlier life of this agent, from each
+   * bundle's `address` file. Bundles whose shim is gone are cleaned up as containerd does
+   * (`shim delete`, then the bundle is removed). Returns the tasks reconnected.
+   */
   async loadExisting(): Promise<{ namespace: string; id: string }[]> {
     const found: { namespace: string; id: string }[] = [];
-    for (const ns of await fs.readdir(this.opts.stateDir).catch(() => [] as string[])) {
-      for (const id of await fs.readdir(path.join(this.opts.stateDir, ns)).catch(() => [] as string[])) {
-        const bundle = this.bundlePath(ns, id);
-        const address = await fs.readFile(path.join(bundle, 'address'), 'utf8').catch(() => '');
-        if (!address) continue;
+    for (const ns of await readdirOrEmpty(this.opts.stateDir)) {
+      if (ns.startsWith('.')) continue;
+      const nsDir = path.join(this.opts.stateDir, ns);
+      for (const id of await readdirOrEmpty(nsDir)) {
+        if (id.startsWith('.')) {
+          // A bundle whose removal was interrupted (renamed to .<id> first).
+          await deleteBundle(path.join(nsDir, id)).catch((err) => this.log('remove interrupted bundle', { path: path.join(nsDir, id), error: messageOf(err) }));
+          continue;
+        }
+        if (this.shims.has(key(ns, id))) continue;
+        const bundle = bundleAt(this.opts.stateDir, ns, id);
+        const binary = (await fs.readFile(path.join(bundle.path, 'shim-binary-path'), 'utf8').catch(() => '')) || this.binaryFor(undefined);
         try {
-          const client = await TtrpcClient.connect(address.trim());
-          this.track({ namespace: ns, id, bundle, client });
+          await this.reconnect(bundle, binary);
           found.push({ namespace: ns, id });
-        } catch {
-          // Shim gone while we were away: containerd reports such tasks as exited (issue 5).
+        } catch (err) {
+          this.log('cleaning up after shim that is gone', { namespace: ns, id, error: messageOf(err) });
+          await this.cleanupShim(bundle, binary);
         }
       }
     }
     return found;
   }
 
-  private track(s: Shim): void {
-    const k = this.key(s.namespace, s.id);
-    this.shims.set(k, s);
-    s.client.onClose(() => {
-      if (this.shims.get(k) === s) this.shims.delete(k);
-    });
-  }
-
-  private get(ns: string, id: string): Shim {
-    const s = this.shims.get(this.key(ns, id));
-    if (!s) throw errNotFound(`task ${id}`);
-    return s;
-  }
-
-  has(ns: string, id: string): boolean {
-    return this.shims.has(this.key(ns, id));
-  }
-
-  list(ns: string): string[] {
-    return [...this.shims.values()].filter((s) => s.namespace === ns).map((s) => s.id);
-  }
-
-  private async call<Req, Res>(s: Shim, method: string, reqType: MessageType<Req>, resType: MessageType<Res>, req: Partial<Req>): Promise<Res> {
-    const out = await s.client.call(TASK_SERVICE, method, reqType.encode(reqType.fromPartial(req)).finish());
-    return resType.decode(out);
-  }
-
-  async create(o: CreateOptions): Promise<{ pid: number }> {
-    if (this.has(o.namespace, o.id)) throw errAlreadyExists(`task ${o.id}`);
-    const runtime = o.runtime || DEFAULT_RUNTIME;
-    const binary = SHIM_BINARIES[runtime];
-    if (!binary) throw errInvalidArgument(`runtime "${runtime}" is not supported by this node`);
-    const bundle = this.bundlePath(o.namespace, o.id);
-    await fs.mkdir(path.dirname(bundle), { recursive: true, mode: 0o711 });
-    try {
-      await fs.mkdir(bundle, { mode: 0o700 });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
-        // A bundle left by a task that is no longer tracked: stale, clear it.
-        await fs.rm(bundle, { recursive: true, force: true });
-        await fs.mkdir(bundle, { mode: 0o700 });
-      } else throw err;
-    }
-    let shim: Shim | undefined;
+  private async reconnect(bundle: Bundle, binary: string): Promise<void> {
+    const address = (await fs.readFile(path.join(bundle.path, 'address'), 'utf8')).trim();
+    if (!address) throw new Error('no shim address');
+    const client = await TtrpcClient.connect(address);
     let log: net.Socket | undefined;
     try {
-      await fs.mkdir(path.join(bundle, 'rootfs'), { mode: 0o711 });
-      await fs.mkdir(path.join(bundle, 'work'), { mode: 0o711 });
-      await fs.writeFile(path.join(bundle, 'config.json'), o.spec, { mode: 0o666 });
-      log = await this.openShimLog(bundle, `${o.namespace}-${o.id}`);
-      const address = await this.startShim(binary, o.namespace, o.id, bundle, o.options);
-      await fs.writeFile(path.join(bundle, 'shim-binary-path'), binary, { mode: 0o600 });
-      const client = await TtrpcClient.connect(address);
-      shim = { namespace: o.namespace, id: o.id, bundle, client, log };
-      this.track(shim);
-      const res = await this.call(shim, 'Create', sapi.CreateTaskRequest, sapi.CreateTaskResponse, {
-        id: o.id,
-        bundle,
-        rootfs: o.rootfs,
-        terminal: o.terminal,
-        stdin: o.stdin,
-        stdout: o.stdout,
-        stderr: o.stderr,
-        options: o.options,
-      });
-      return { pid: res.pid };
+      log = await openShimLog(bundle);
+      const h: ShimHandle = { bundle, binary, client, log, closing: false };
+      this.drainLog(h);
+      await this.call(h, 'Connect', sapi.ConnectRequest, sapi.ConnectResponse, { id: bundle.id }, LOAD_TIMEOUT_MS);
+      this.track(h);
     } catch (err) {
-      if (shim) await this.shutdown(shim).catch(() => {});
-      else log?.destroy();
-      await this.removeBundle(bundle);
+      client.close();
+      log?.destroy();
       throw err;
     }
   }
 
-  /** containerd creates the shim's log FIFO and drains it; the shim opens it for writing. */
-  private async openShimLog(bundle: string, name: string): Promise<net.Socket> {
-    const fifo = path.join(bundle, 'log');
-    await execFileP('mkfifo', ['-m', '0700', fifo]);
-    // O_RDWR: opening never blocks and the FIFO never reports EOF while the shim restarts.
-    const fd = openSync(fifo, fsc.O_RDWR | fsc.O_NONBLOCK);
-    const sock = new net.Socket({ fd, readable: true, writable: false });
-    sock.on('error', () => {});
-    sock.pipe(createWriteStream(path.join(this.opts.logDir, `shim-${name}.log`), { flags: 'a' }));
-    return sock;
-  }
-
-  private startShim(binary: string, ns: string, id: string, bundle: string, options?: Any): Promise<string> {
-    return new Promise((resolve, reject) => {
-      const child = spawn(binary, ['-namespace', ns, '-address', this.opts.grpcAddress, '-publish-binary', '/bin/false', '-id', id, 'start'], {
-        cwd: bundle,
-        env: { ...process.env, GOMAXPROCS: '2', TTRPC_ADDRESS: this.opts.eventsSocket },
-        stdio: ['pipe', 'pipe', 'pipe'],
-      });
-      let out = '';
-      let errOut = '';
-      child.stdout.on('data', (d) => (out += d));
-      child.stderr.on('data', (d) => (errOut += d));
-      child.on('error', (err) => reject(errUnavailable(`start shim ${binary}: ${err.message}`)));
-      child.on('close', (code) => {
-        if (code === 0 && out.trim()) resolve(out.trim());
-        else reject(errUnavailable(`start shim: ${(out + errOut).trim()}: exit status ${code}`));
-      });
-      // The shim reads its runtime options (an Any) from stdin until EOF.
-      child.stdin.end(options ? Buffer.from(Any.encode(options).finish()) : undefined);
-    });
-  }
-
-  async startTask(ns: string, id: string, execId = ''): Promise<{ pid: number }> {
-    const s = this.get(ns, id);
-    return this.call(s, 'Start', sapi.StartRequest, sapi.StartResponse, { id, execId });
-  }
-
-  /** Blocks until the process exits. */
-  async wait(ns: string, id: string, execId = ''): Promise<sapi.WaitResponse> {
-    const s = this.get(ns, id);
-    return this.call(s, 'Wait', sapi.WaitRequest, sapi.WaitResponse, { id, execId });
-  }
-
-  async kill(ns: string, id: string, signal: number, all: boolean, execId = ''): Promise<void> {
-    const s = this.get(ns, id);
-    await this.call(s, 'Kill', sapi.KillRequest, Empty, { id, execId, signal, all });
-  }
-
-  async state(ns: string, id: string, execId = ''): Promise<sapi.StateResponse> {
-    const s = this.get(ns, id);
-    return this.call(s, 'State', sapi.StateRequest, sapi.StateResponse, { id, execId });
-  }
-
-  async pids(ns: string, id: string): Promise<sapi.PidsResponse> {
-    const s = this.get(ns, id);
-    return this.call(s, 'Pids', sapi.PidsRequest, sapi.PidsResponse, { id });
-  }
-
-  /** Deletes the task (or an exec), then shuts the shim down and removes the bundle. */
-  async delete(ns: string, id: string, execId = ''): Promise<sapi.DeleteResponse> {
-    const s = this.get(ns, id);
-    const res = await this.call(s, 'Delete', sapi.DeleteRequest, sapi.DeleteResponse, { id, execId });
-    if (!execId) {
-      await this.shutdown(s);
-      await this.removeBundle(s.bundle);
-    }
-    return res;
-  }
-
-  private async shutdown(s: Shim): Promise<void> {
+  /** Starts a shim for the task and creates the task in it (runc create). */
+  async createTask(req: CreateTaskOptions): Promise<{ pid: number }> {
+    const { namespace: ns, id } = req;
     try {
-      await this.call(s, 'Shutdown', sapi.ShutdownRequest, Empty, { id: s.id, now: false });
+      validateIdentifier(id);
     } catch (err) {
-      // The shim exits while answering Shutdown; a closed connection is the expected end.
-      if (!isNotFound(err) && !s.client.isClosed) throw err;
+      throw wrap(err, `invalid task id ${id}`);
+    }
+    const k = key(ns, id);
+    if (this.shims.has(k) || this.creating.has(k)) throw errAlreadyExists(`task ${id}`);
+    this.creating.add(k);
+    try {
+      const binary = this.binaryFor(req.runtime);
+      const bundle = await this.newBundle(ns, id, req.bundleSpec);
+      let h: ShimHandle;
+      try {
+        h = await this.startShim(bundle, binary, req.options);
+      } catch (err) {
+        await deleteBundle(bundle.path).catch((e) => this.log('remove bundle', { namespace: ns, id, error: messageOf(e) }));
+        throw wrap(err, 'failed to start shim');
+      }
+      try {
+        const res = await this.call(h, 'Create', sapi.CreateTaskRequest, sapi.CreateTaskResponse, {
+          id,
+          bundle: bundle.path,
+          rootfs: req.rootfs,
+          terminal: req.terminal,
+          stdin: req.stdin,
+          stdout: req.stdout,
+          stderr: req.stderr,
+          options: req.options,
+        });
+        this.track(h);
+        return { pid: res.pid };
+      } catch (err) {
+        await this.teardown(h, true);
+        throw wrap(err, 'failed to create shim task');
+      }
     } finally {
-      s.client.close();
-      s.log?.destroy();
-      this.shims.delete(this.key(s.namespace, s.id));
+      this.creating.delete(k);
     }
   }
 
-  private async removeBundle(bundle: string): Promise<void> {
-    // The shim unmounts rootfs on delete; never recurse through a still-mounted rootfs.
-    await execFileP('umount', [path.join(bundle, 'rootfs')]).catch(() => {});
-    await fs.rm(path.join(bundle, 'rootfs'), { recursive: false, force: true }).catch(() => {});
-    await fs.rm(bundle, { recursive: true, force: true });
+  async startTask(namespace: string, id: string, execId = ''): Promise<{ pid: number }> {
+    const res = await this.call(this.get(namespace, id), 'Start', sapi.StartRequest, sapi.StartResponse, { id, execId });
+    return { pid: res.pid };
   }
 
-  /** Closes connections; running shims and their containers keep running (live restore). */
+  /** Resolves when the process exits (held as long as it runs). */
+  async wait(namespace: string, id: string, execId = ''): Promise<{ exitStatus: number; exitedAt: Timestamp | undefined }> {
+    const res = await this.call(this.get(namespace, id), 'Wait', sapi.WaitRequest, sapi.WaitResponse, { id, execId });
+    return { exitStatus: res.exitStatus, exitedAt: res.exitedAt };
+  }
+
+  async kill(namespace: string, id: string, signal: number, all = false, execId = ''): Promise<void> {
+    await this.call(this.get(namespace, id), 'Kill', sapi.KillRequest, Empty, { id, execId, signal, all });
+  }
+
+  async state(namespace: string, id: string, execId = ''): Promise<sapi.StateResponse> {
+    return this.call(this.get(namespace, id), 'State', sapi.StateRequest, sapi.StateResponse, { id, execId });
+  }
+
+  async pids(namespace: string, id: string): Promise<sapi.PidsResponse> {
+    return this.call(this.get(namespace, id), 'Pids', sapi.PidsRequest, sapi.PidsResponse, { id });
+  }
+
+  /** Adds an exec process to a running task; start it with startTask(ns, id, execId). */
+  async exec(namespace: string, id: string, execId: string, o: ExecOptions): Promise<void> {
+    await this.call(this.get(namespace, id), 'Exec', sapi.ExecProcessRequest, Empty, { id, execId, ...o });
+  }
+
+  async resizePty(namespace: string, id: string, width: number, height: number, execId = ''): Promise<void> {
+    await this.call(this.get(namespace, id), 'ResizePty', sapi.ResizePtyRequest, Empty, { id, execId, width, height });
+  }
+
+  async closeIO(namespace: string, id: string, execId = ''): Promise<void> {
+    await this.call(this.get(namespace, id), 'CloseIO', sapi.CloseIORequest, Empty, { id, execId, stdin: true });
+  }
+
+  async pause(namespace: string, id: string): Promise<void> {
+    await this.call(this.get(namespace, id), 'Pause', sapi.PauseRequest, Empty, { id });
+  }
+
+  async resume(namespace: string, id: string): Promise<void> {
+    await this.call(this.get(namespace, id), 'Resume', sapi.ResumeRequest, Empty, { id });
+  }
+
+  /**
+   * Deletes an exec process, or the task: Delete in the shim, then Shutdown, then
+   * `shim delete` cleanup and removal of the bundle, as containerd's TaskManager.Delete.
+   */
+  async deleteTask(namespace: string, id: string, execId = ''): Promise<TaskExitInfo> {
+    const h = this.get(namespace, id);
+    if (execId) {
+      const res = await this.call(h, 'Delete', sapi.DeleteRequest, sapi.DeleteResponse, { id, execId });
+      return { pid: res.pid, exitStatus: res.exitStatus, exitedAt: res.exitedAt };
+    }
+    if (h.deleting) throw errFailedPrecondition(`task ${id}: delete in progress`);
+    h.deleting = true;
+    let res: sapi.DeleteResponse;
+    try {
+      res = await this.call(h, 'Delete', sapi.DeleteRequest, sapi.DeleteResponse, { id, execId: '' });
+    } catch (err) {
+      h.deleting = false;
+      // A shim that lost its task is torn down all the same (containerd does too). One whose
+      // connection dropped is being cleaned up by the dead-shim path already (closing is set).
+      if (isNotFound(err) && !h.closing) await this.teardown(h, false);
+      throw wrap(err, 'failed to delete task');
+    }
+    if (!h.closing) await this.teardown(h, false);
+    return { pid: res.pid, exitStatus: res.exitStatus, exitedAt: res.exitedAt };
+  }
+
+  /**
+   * Stops the events server and drops shim connections. Shims and their containers keep
+   * running; a new ShimManager on the same stateDir picks them up with loadExisting().
+   */
   async close(): Promise<void> {
-    for (const s of this.shims.values()) {
-      s.client.close();
-      s.log?.destroy();
+    for (const h of this.shims.values()) {
+      h.closing = true;
+      h.client.close();
+      h.log?.destroy();
     }
     this.shims.clear();
     await this.events.close();
   }
+
+  // --- internals ---
+
+  private get(namespace: string, id: string): ShimHandle {
+    const h = this.shims.get(key(namespace, id));
+    if (!h) throw errNotFound(`task ${id}`);
+    return h;
+  }
+
+  private async call<Req, Res>(h: ShimHandle, method: string, reqType: MessageType<Req>, resType: MessageType<Res>, req: Partial<Req>, timeoutMs?: number): Promise<Res> {
+    const out = await h.client.call(TASK_SERVICE, method, reqType.encode(reqType.fromPartial(req)).finish(), {
+      metadata: { [NS_HEADER]: h.bundle.namespace },
+      timeoutMs,
+    });
+    return resType.decode(out);
+  }
+
+  /** containerd's runtime name -> shim binary (shim.BinaryName), or an absolute path as given. */
+  private binaryFor(runtime: string | undefined): string {
+    if (!runtime || runtime === DEFAULT_RUNTIME) return this.opts.shimBinary ?? DEFAULT_SHIM;
+    if (runtime.includes('/')) {
+      if (!path.isAbsolute(runtime)) throw errInvalidArgument(`runtime path "${runtime}" must be absolute`);
+      return runtime;
+    }
+    const parts = runtime.split('.');
+    if (parts.length < 2 || parts.some((p) => !p)) {
+      throw errInvalidArgument(`invalid runtime name ${runtime}, correct runtime name should be either format like \`io.containerd.runc.v1\` or a full path to the binary`);
+    }
+    return `containerd-shim-${parts[parts.length - 2]}-${parts[parts.length - 1]}`;
+  }
+
+  private async newBundle(ns: string, id: string, spec: Uint8Array): Promise<Bundle> {
+    try {
+      return await createBundle(this.opts.stateDir, this.workRoot, ns, id, spec);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    // A bundle of a task we do not track: a live shim not loaded (refuse), or a leftover.
+    const bundle = bundleAt(this.opts.stateDir, ns, id);
+    const address = await fs.readFile(path.join(bundle.path, 'address'), 'utf8').catch(() => '');
+    if (address.trim()) {
+      const probe = await TtrpcClient.connect(address.trim()).catch(() => undefined);
+      if (probe) {
+        probe.close();
+        throw errAlreadyExists(`task ${id}: a shim is running for it; call loadExisting()`);
+      }
+    }
+    const binary = (await fs.readFile(path.join(bundle.path, 'shim-binary-path'), 'utf8').catch(() => '')) || this.binaryFor(undefined);
+    await this.cleanupShim(bundle, binary);
+    return createBundle(this.opts.stateDir, this.workRoot, ns, id, spec);
+  }
+
+  /** `<shim> -namespace .. -address .. -publish-binary .. -id .. start` in the bundle. */
+  private async startShim(bundle: Bundle, binary: string, options: Any | undefined): Promise<ShimHandle> {
+    const log = await openShimLog(bundle);
+    try {
+      const address = await this.runShim(binary, bundle, ['-id', bundle.id, 'start'], options ? Any.encode(options).finish() : undefined, START_TIMEOUT_MS)
+        .then(({ code, stdout, stderr, error }) => {
+          if (error) throw error;
+          const out = (stdout + stderr).trim();
+          if (code !== 0 || !stdout.trim()) throw new ContainerdError(ErrorClass.Unknown, `start failed: ${out}: exit status ${code}`);
+          return stdout.trim();
+        });
+      // Recorded for cleanup by a restarted agent, as containerd does for restore.
+      await fs.writeFile(path.join(bundle.path, 'shim-binary-path'), binary, { mode: 0o600 });
+      const client = await TtrpcClient.connect(address);
+      const h: ShimHandle = { bundle, binary, client, log, closing: false };
+      this.drainLog(h);
+      return h;
+    } catch (err) {
+      log.destroy();
+      throw err;
+    }
+  }
+
+  /** Runs the shim binary as containerd's shim.Command does: cwd, flags, env, own process group. */
+  private runShim(binary: string, bundle: Bundle, args: string[], stdin: Uint8Array | undefined, timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string; error?: Error }> {
+    const argv = ['-namespace', bundle.namespace, '-address', this.opts.grpcAddress, '-publish-binary', this.opts.publishBinary ?? '/bin/false', ...args];
+    return new Promise((resolve) => {
+      const child = spawn(binary, argv, {
+        cwd: bundle.path,
+        env: { ...process.env, GOMAXPROCS: '2', TTRPC_ADDRESS: this.opts.eventsSocket },
+        stdio: ['pipe', 'pipe', 'pipe'],
+        detached: true,
+      });
+      const stdout: Buffer[] = [];
+      let stderr = '';
+      let settled = false;
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      child.stdout.on('data', (d: Buffer) => stdout.push(d));
+      child.stderr.on('data', (d) => (stderr += d));
+      child.stdin.on('error', () => {}); // the shim may exit without reading its options
+      child.on('error', (err: NodeJS.ErrnoException) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        const error = err.code === 'ENOENT' ? errNotFound(`runtime binary not installed "${binary}"`) : err;
+        resolve({ code: null, stdout: '', stderr: '', error });
+      });
+      child.on('close', (code) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve({ code, stdout: Buffer.concat(stdout).toString('latin1'), stderr });
+      });
+      child.stdin.end(stdin ? Buffer.from(stdin) : undefined);
+    });
+  }
+
+  /**
+   * Ends a shim: Delete (when the task is still in it), Shutdown, close the connection, then
+   * `shim delete` and bundle removal (containerd's shimTask.delete + cleanupAfterDeadShim).
+   */
+  private async teardown(h: ShimHandle, deleteTask: boolean): Promise<sapi.DeleteResponse | undefined> {
+    h.closing = true;
+    const { namespace, id } = h.bundle;
+    if (deleteTask) {
+      await this.call(h, 'Delete', sapi.DeleteRequest, sapi.DeleteResponse, { id, execId: '' }).catch(() => {});
+    }
+    try {
+      await this.call(h, 'Shutdown', sapi.ShutdownRequest, Empty, { id, now: false }, SHUTDOWN_TIMEOUT_MS);
+    } catch (err) {
+      // The shim exits while answering Shutdown: a closed connection is the expected end.
+      if (!isUnavailable(err)) this.log('failed to shutdown shim task', { namespace, id, error: messageOf(err) });
+    }
+    h.client.close();
+    if (this.shims.get(key(namespace, id)) === h) this.shims.delete(key(namespace, id));
+    const res = await this.cleanupShim(h.bundle, h.binary);
+    h.log?.destroy();
+    return res;
+  }
+
+  /** `shim delete` (runc delete --force, unmount rootfs) and bundle removal; never throws. */
+  private async cleanupShim(bundle: Bundle, binary: string): Promise<sapi.DeleteResponse | undefined> {
+    const { namespace, id } = bundle;
+    let res: sapi.DeleteResponse | undefined;
+    const exists = await fs.lstat(bundle.path).then(() => true, () => false);
+    const address = exists ? (await fs.readFile(path.join(bundle.path, 'address'), 'utf8').catch(() => '')).trim() : '';
+    if (exists) {
+      const out = await this.runShim(binary, bundle, ['-id', id, '-bundle', bundle.path, 'delete'], undefined, CLEANUP_TIMEOUT_MS);
+      if (out.error || out.code !== 0) {
+        this.log('failed to delete', { namespace, id, error: out.error ? messageOf(out.error) : `${out.stderr.trim()}: exit status ${out.code}` });
+      } else {
+        if (out.stderr.trim()) this.log('cleanup warnings', { namespace, id, warnings: out.stderr.trim() });
+        try {
+          res = sapi.DeleteResponse.decode(Buffer.from(out.stdout, 'latin1'));
+        } catch (err) {
+          this.log('shim delete: bad response', { namespace, id, error: messageOf(err) });
+        }
+      }
+    }
+    await deleteBundle(bundle.path).catch((err) => this.log('failed to delete bundle', { namespace, id, error: messageOf(err) }));
+    await removeDeadSocket(address);
+    return res;
+  }
+
+  private track(h: ShimHandle): void {
+    const k = key(h.bundle.namespace, h.bundle.id);
+    this.shims.set(k, h);
+    h.client.onClose(() => {
+      if (h.closing) return;
+      h.closing = true;
+      if (this.shims.get(k) === h) this.shims.delete(k);
+      void this.afterDeadShim(h).catch((err) => this.log('cleanup after dead shim', { namespace: h.bundle.namespace, id: h.bundle.id, error: messageOf(err) }));
+    });
+  }
+
+  /**
+   * The shim's connection dropped without us asking (it crashed or was killed): clean up
+   * and report the task exited and deleted, as containerd's cleanupAfterDeadShim does.
+   */
+  private async afterDeadShim(h: ShimHandle): Promise<void> {
+    const { namespace, id } = h.bundle;
+    this.log('shim disconnected', { namespace, id });
+    const res = await this.cleanupShim(h.bundle, h.binary);
+    h.log?.destroy();
+    const pid = res?.pid ?? 0;
+    const exitStatus = res ? res.exitStatus : 255;
+    const exitedAt = res?.exitedAt ?? toTimestamp();
+    await this.opts.onEvent({
+      topic: '/tasks/exit',
+      namespace,
+      event: packAny('containerd.events.TaskExit', evTask.TaskExit, { containerId: id, id, pid, exitStatus, exitedAt }),
+      timestamp: toTimestamp(),
+    });
+    await this.opts.onEvent({
+      topic: '/tasks/delete',
+      namespace,
+      event: packAny('containerd.events.TaskDelete', evTask.TaskDelete, { containerId: id, id: '', pid, exitStatus, exitedAt }),
+      timestamp: toTimestamp(),
+    });
+  }
+
+  private drainLog(h: ShimHandle): void {
+    const log = h.log;
+    if (!log) return;
+    const { namespace, id } = h.bundle;
+    if (this.opts.logDir) {
+      const file = createWriteStream(path.join(this.opts.logDir, `shim-${namespace}-${id}.log`), { flags: 'a' });
+      file.on('error', () => {});
+      log.pipe(file);
+      return;
+    }
+    let partial = '';
+    log.setEncoding('utf8');
+    log.on('data', (chunk: string) => {
+      const lines = (partial + chunk).split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) if (line) this.log('shim', { namespace, id, line });
+    });
+  }
+}
+
+function key(namespace: string, id: string): string {
+  return `${namespace}/${id}`;
+}
+
+/**
+ * A shim that was killed leaves its socket file behind; remove it once nothing answers
+ * on it (a live shim, e.g. one serving a group of tasks, keeps its socket).
+ */
+async function removeDeadSocket(address: string): Promise<void> {
+  if (!address.startsWith('unix://')) return;
+  const p = address.slice('unix://'.length);
+  const st = await fs.lstat(p).catch(() => undefined);
+  if (!st?.isSocket()) return;
+  const live = await TtrpcClient.connect(address).then((c) => (c.close(), true), () => false);
+  if (!live) await fs.rm(p, { force: true });
+}
+
+async function readdirOrEmpty(dir: string): Promise<string[]> {
+  return fs.readdir(dir).catch(() => [] as string[]);
 }

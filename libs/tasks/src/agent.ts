@@ -29,10 +29,10 @@ export class AgentService {
     if (!r) throw errInvalidArgument('create request must be set');
     if (!req.spec) throw errInvalidArgument('container spec must be set');
     if (r.checkpoint) throw errNotImplemented('checkpoint restore (issue 5)');
-    const { pid } = await this.shims.create({
+    const { pid } = await this.shims.createTask({
       namespace: ns,
       id: r.containerId,
-      spec: req.spec.value,
+      bundleSpec: req.spec.value,
       runtime: req.runtime,
       rootfs: r.rootfs,
       stdin: r.stdin,
@@ -100,14 +100,14 @@ export class AgentService {
   async delete(req: tapi.DeleteTaskRequest, ctx: CallContext): Promise<tapi.DeleteResponse> {
     const ns = namespaceRequired(ctx);
     this.ensure(ns, req.containerId);
-    const res = await this.shims.delete(ns, req.containerId);
+    const res = await this.shims.deleteTask(ns, req.containerId);
     return { id: req.containerId, pid: res.pid, exitStatus: res.exitStatus, exitedAt: res.exitedAt };
   }
 
   async deleteProcess(req: tapi.DeleteProcessRequest, ctx: CallContext): Promise<tapi.DeleteResponse> {
     const ns = namespaceRequired(ctx);
     this.ensure(ns, req.containerId);
-    const res = await this.shims.delete(ns, req.containerId, req.execId);
+    const res = await this.shims.deleteTask(ns, req.containerId, req.execId);
     return { id: req.execId, pid: res.pid, exitStatus: res.exitStatus, exitedAt: res.exitedAt };
   }
 

@@ -1,0 +1,162 @@
+// A task's bundle on disk, laid out as containerd 1.6's runtime v2 lays it out, so that
+// containerd-shim-runc-v2 finds what it expects and a restarted agent finds its shims:
+//
+//   <stateDir>/<ns>/<id>/             0700 (0710 + group of the userns root when remapped)
+//     config.json                     the OCI spec, 0666
+//     rootfs/                         0711; the shim mounts the task's rootfs mounts here
+//     work -> <workRoot>/<ns>/<id>    0711 work directory (criu work, shim scratch)
+//     log                             FIFO 0700: we create and read it, the shim writes it
+//     address                         written by the shim: unix://<its socket>
+//     shim-binary-path                written by us: the shim binary, for cleanup after restarts
+//     runtime, options.json, init.pid written by the shim
+import { execFile } from 'node:child_process';
+import { constants as fsc, openSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { errInvalidArgument } from '@flotilla/errdefs';
+
+const execFileP = promisify(execFile);
+
+export interface Bundle {
+  namespace: string;
+  id: string;
+  /** <stateDir>/<ns>/<id>: the shim's cwd and the CreateTaskRequest.bundle. */
+  path: string;
+}
+
+export function bundleAt(stateDir: string, namespace: string, id: string): Bundle {
+  return { namespace, id, path: path.join(stateDir, namespace, id) };
+}
+
+/**
+ * Creates the bundle directories, the work directory and config.json. An existing bundle
+ * directory is an error (EEXIST); the caller decides whether it is stale.
+ */
+export async function createBundle(stateDir: string, workRoot: string, namespace: string, id: string, spec: Uint8Array): Promise<Bundle> {
+  const b = bundleAt(stateDir, namespace, id);
+  const work = path.join(workRoot, namespace, id);
+  const created: string[] = [];
+  try {
+    await fs.mkdir(path.dirname(b.path), { recursive: true, mode: 0o711 });
+    await fs.mkdir(b.path, { mode: 0o700 });
+    created.push(b.path);
+    await prepareBundlePermissions(b.path, spec);
+    await fs.mkdir(path.dirname(work), { recursive: true, mode: 0o711 });
+    await fs.mkdir(path.join(b.path, 'rootfs'), { mode: 0o711 });
+    try {
+      await fs.mkdir(work, { mode: 0o711 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      // A work dir with no bundle is a leftover: start it afresh.
+      await fs.rm(work, { recursive: true, force: true });
+      await fs.mkdir(work, { mode: 0o711 });
+    }
+    created.push(work);
+    await fs.symlink(work, path.join(b.path, 'work'));
+    await fs.writeFile(path.join(b.path, 'config.json'), spec, { mode: 0o666 });
+    return b;
+  } catch (err) {
+    for (const p of created) await fs.rm(p, { recursive: true, force: true }).catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * With a user namespace whose root maps to host gid G, the bundle must be reachable by G:
+ * group G, mode 0710 (containerd's prepareBundleDirectoryPermissions).
+ */
+async function prepareBundlePermissions(dir: string, spec: Uint8Array): Promise<void> {
+  let parsed: { linux?: { gidMappings?: { containerID: number; hostID: number }[] } };
+  try {
+    parsed = JSON.parse(new TextDecoder().decode(spec));
+  } catch (err) {
+    throw errInvalidArgument(`invalid OCI spec: ${(err as Error).message}`);
+  }
+  const root = parsed?.linux?.gidMappings?.find((m) => m.containerID === 0);
+  if (!root || !root.hostID) return;
+  await fs.chown(dir, -1, root.hostID);
+  await fs.chmod(dir, 0o710);
+}
+
+/**
+ * Opens the shim's log FIFO for reading, creating it if needed. O_RDWR keeps a writer open
+ * on our side, so the open never blocks and reading never sees EOF while the shim (the
+ * writer) restarts; destroying the returned socket closes the fd.
+ */
+export async function openShimLog(b: Bundle): Promise<net.Socket> {
+  const fifo = path.join(b.path, 'log');
+  const st = await fs.lstat(fifo).catch(() => undefined);
+  if (!st) await execFileP('mkfifo', ['-m', '0700', fifo]);
+  else if (!st.isFIFO()) throw new Error(`${fifo}: not a fifo`);
+  const fd = openSync(fifo, fsc.O_RDWR | fsc.O_NONBLOCK);
+  const sock = new net.Socket({ fd, readable: true, writable: false });
+  sock.on('error', () => sock.destroy());
+  return sock;
+}
+
+/** Mount points at or below `dir`, deepest first, from /proc/self/mountinfo. */
+async function mountsUnder(dir: string): Promise<string[]> {
+  const info = await fs.readFile('/proc/self/mountinfo', 'utf8');
+  const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const out: string[] = [];
+  for (const line of info.split('\n')) {
+    const mp = line.split(' ')[4];
+    if (!mp) continue;
+    const p = unescape(mp);
+    if (p === dir || p.startsWith(dir + '/')) out.push(p);
+  }
+  return out.sort((a, b) => b.length - a.length);
+}
+
+/** Unmounts everything at or under `dir` (stacked mounts included), like mount.UnmountAll. */
+export async function unmountAll(dir: string): Promise<void> {
+  // mountinfo lists resolved paths.
+  dir = await fs.realpath(dir).catch(() => path.resolve(dir));
+  for (let i = 0; i < 64; i++) {
+    const mounts = await mountsUnder(dir);
+    if (!mounts.length) return;
+    for (const m of mounts) await execFileP('umount', [m]).catch(() => {});
+  }
+  const left = await mountsUnder(dir);
+  if (left.length) throw new Error(`unmount rootfs ${dir}: still mounted: ${left.join(', ')}`);
+}
+
+/**
+ * Removes a bundle as containerd's Bundle.Delete does: unmount rootfs first (never recurse
+ * through a mounted rootfs), then rename-and-remove the bundle and its work directory.
+ */
+export async function deleteBundle(bundlePath: string): Promise<void> {
+  const work = await fs.readlink(path.join(bundlePath, 'work')).catch(() => undefined);
+  const rootfs = path.join(bundlePath, 'rootfs');
+  await unmountAll(rootfs);
+  await fs.rmdir(rootfs).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw new Error(`failed to remove bundle rootfs: ${err.message}`);
+  });
+  await atomicDelete(bundlePath);
+  if (work) await atomicDelete(work);
+}
+
+/**
+ * Renames to .<name> first so a half-removed directory never looks like a live one. Anything
+ * still mounted below is unmounted before removing, so removal never reaches into a
+ * bind-mounted source.
+ */
+async function atomicDelete(p: string): Promise<void> {
+  const hidden = path.join(path.dirname(p), `.${path.basename(p)}`);
+  await removeUnmounted(hidden);
+  try {
+    await fs.rename(p, hidden);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  await removeUnmounted(hidden);
+}
+
+async function removeUnmounted(p: string): Promise<void> {
+  if (!(await fs.lstat(p).catch(() => undefined))) return;
+  await unmountAll(p);
+  await fs.rm(p, { recursive: true, force: true });
+}
