@@ -13,7 +13,7 @@ void runApp('snapshotter', async ({ cfg, bus }) => {
   await migrate(sql, 'snapshots', snapshotMigrations);
   const snapshotters = new Map<string, Snapshotter>();
   for (const name of SNAPSHOTTERS) {
-    const s = new Snapshotter(sql, cfg.nodeId, name, path.join(appStateDir(cfg, 'snapshotter'), name));
+    const s = new Snapshotter({ sql, nodeId: cfg.nodeId, name, root: path.join(appStateDir(cfg, 'snapshotter'), name) });
     await s.init();
     snapshotters.set(name, s);
   }

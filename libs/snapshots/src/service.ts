@@ -2,29 +2,23 @@
 // snapshotters. The request's snapshotter name picks the snapshotter, as in containerd.
 import { Readable } from 'node:stream';
 import { content as capi, diff as dapi, evSnapshot, snapshots as sapi, toTimestamp, type Mount } from '@flotilla/api';
-import { applyLayer } from '@flotilla/archive';
+import { isLayerMediaType } from '@flotilla/archive';
 import type { CallContext, Client } from '@flotilla/bus';
 import { errInvalidArgument, errNotFound, errNotImplemented } from '@flotilla/errdefs';
 import { namespaceRequired } from '@flotilla/identifiers';
-import { Kind, type SnapshotInfo, type SnapshotMount, type Snapshotter } from './snapshotter.js';
+import { applyDiff } from './diff.js';
+import type { Info, Mount as SnapshotMount, SnapshotKind, Snapshotter } from './snapshotter.js';
 
 export type SnapshotPublisher = (namespace: string, topic: string, typeUrl: `containerd.events.${string}`, type: { encode(m: any): { finish(): Uint8Array } }, event: unknown) => void;
 
-const LAYER_TYPES = new Set([
-  'application/vnd.oci.image.layer.v1.tar',
-  'application/vnd.oci.image.layer.v1.tar+gzip',
-  'application/vnd.oci.image.layer.nondistributable.v1.tar',
-  'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
-  'application/vnd.docker.image.rootfs.diff.tar',
-  'application/vnd.docker.image.rootfs.diff.tar.gzip',
-  'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
-]);
+const KIND: Record<SnapshotKind, sapi.Kind> = { view: sapi.Kind.VIEW, active: sapi.Kind.ACTIVE, committed: sapi.Kind.COMMITTED };
+const LIST_PAGE = 100;
 
-function toApiInfo(i: SnapshotInfo): sapi.Info {
+function toApiInfo(i: Info): sapi.Info {
   return {
     name: i.name,
     parent: i.parent,
-    kind: i.kind as unknown as sapi.Kind,
+    kind: KIND[i.kind],
     labels: i.labels,
     createdAt: toTimestamp(i.createdAt),
     updatedAt: toTimestamp(i.updatedAt),
@@ -90,7 +84,15 @@ export class SnapshotService {
   async *list(req: sapi.ListSnapshotsRequest, ctx: CallContext): AsyncGenerator<sapi.ListSnapshotsResponse> {
     const ns = namespaceRequired(ctx);
     // TODO(filters): containerd's filter language arrives with @flotilla/filters (issue 3/4).
-    for await (const page of this.pick(req.snapshotter).list(ns)) yield { info: page.map(toApiInfo) };
+    let page: sapi.Info[] = [];
+    for await (const info of this.pick(req.snapshotter).list(ns)) {
+      page.push(toApiInfo(info));
+      if (page.length === LIST_PAGE) {
+        yield { info: page };
+        page = [];
+      }
+    }
+    if (page.length > 0) yield { info: page };
   }
 
   async usage(req: sapi.UsageRequest, ctx: CallContext): Promise<sapi.UsageResponse> {
@@ -105,8 +107,8 @@ export class SnapshotService {
 }
 
 /**
- * containerd's Diff service Apply, for the mounts a snapshotter returned: an overlay mount
- * is applied straight onto its upperdir with overlay whiteouts; a bind mount onto its source.
+ * containerd's Diff service over this node's snapshotter mounts: Apply reads the layer from
+ * the content service and applies it with `applyDiff` (see diff.ts for the rules).
  */
 export class DiffService {
   constructor(private readonly content: Client<typeof capi.ContentDefinition>) {}
@@ -115,28 +117,12 @@ export class DiffService {
     namespaceRequired(ctx);
     const desc = req.diff;
     if (!desc) throw errInvalidArgument('diff descriptor must be set');
-    if (!LAYER_TYPES.has(desc.mediaType)) throw errNotImplemented(`unsupported layer media type ${desc.mediaType}`);
-    if (req.mounts.length !== 1) throw errNotImplemented(`applying onto ${req.mounts.length} mounts`);
-    const m = req.mounts[0]!;
-    let root: string;
-    let whiteouts: 'overlay' | 'native';
-    if (m.type === 'overlay') {
-      const upper = m.options.find((o) => o.startsWith('upperdir='));
-      if (!upper) throw errInvalidArgument('overlay mount without upperdir cannot be applied to');
-      root = upper.slice('upperdir='.length);
-      whiteouts = 'overlay';
-    } else if (m.type === 'bind') {
-      if (m.options.includes('ro')) throw errInvalidArgument('cannot apply onto a read-only mount');
-      root = m.source;
-      whiteouts = 'native';
-    } else {
-      throw errNotImplemented(`applying onto ${m.type} mounts`);
-    }
+    if (!isLayerMediaType(desc.mediaType)) throw errNotImplemented(`failed to get stream processor for ${desc.mediaType}: no processor for media-type`);
     const content = this.content;
     const blob = Readable.from((async function* () {
       for await (const r of content.read({ digest: desc.digest, offset: 0, size: 0 }, ctx)) yield r.data;
     })());
-    const res = await applyLayer(root, blob, { whiteouts });
+    const res = await applyDiff(req.mounts as SnapshotMount[], blob, desc.mediaType);
     return { applied: { mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: res.diffID, size: res.size, annotations: {} } };
   }
 
@@ -145,4 +131,3 @@ export class DiffService {
   }
 }
 
-export { Kind };

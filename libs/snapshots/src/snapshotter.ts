@@ -1,64 +1,86 @@
-// containerd's overlayfs and native snapshotters, with records in PostgreSQL keyed by
-// (node, snapshotter, namespace, key) and data under <root>/<snapshotter>/snapshots/<id>.
-// Mounts, kinds, parent rules and error classes follow containerd 1.6's
-// snapshots/overlay, snapshots/native and snapshots/storage.
+// containerd's overlayfs and native snapshotters for one node. Records live in PostgreSQL
+// (one row per snapshot, unique per node, snapshotter, namespace and key; parents by
+// internal id), data under <root>/snapshots/<id>. The class plays both of containerd's
+// layers: metadata/snapshot.go (namespaces, labels, user-facing errors) and the backend
+// (snapshots/overlay, snapshots/native over snapshots/storage): mounts, kinds, parent
+// rules and error classes follow containerd 1.6.
 import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
-import fs from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import fs from 'node:fs/promises';
 import path from 'node:path';
-import type { Sql } from '@flotilla/db';
-import { sqlState, UNIQUE_VIOLATION } from '@flotilla/db';
+import { promisify } from 'node:util';
+import type postgres from 'postgres';
 import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound } from '@flotilla/errdefs';
 import { validateLabels } from '@flotilla/identifiers';
+import { diskUsage, type Usage } from './usage.js';
 
 const execFileP = promisify(execFile);
 
-export const Kind = { Unknown: 0, View: 1, Active: 2, Committed: 3 } as const;
-export type Kind = (typeof Kind)[keyof typeof Kind];
+/** Any Postgres.js pool or transaction. */
+export type Sql = postgres.Sql<{}> | postgres.TransactionSql<{}>;
 
-export interface SnapshotMount {
+export type SnapshotterName = 'overlayfs' | 'native';
+export const SNAPSHOTTERS: readonly SnapshotterName[] = ['overlayfs', 'native'];
+
+export type SnapshotKind = 'view' | 'active' | 'committed';
+
+/** A mount as containerd's mount.Mount: mounting all of a list onto one target gives the tree. */
+export interface Mount {
   type: string;
   source: string;
   target: string;
   options: string[];
 }
 
-export interface SnapshotInfo {
+/** containerd's snapshots.Info; `parent` is the parent's key, "" for none. */
+export interface Info {
   name: string;
   parent: string;
-  kind: Kind;
+  kind: SnapshotKind;
   labels: Record<string, string>;
   createdAt: Date;
   updatedAt: Date;
 }
 
-export type SnapshotterName = 'overlayfs' | 'native';
-export const SNAPSHOTTERS: readonly SnapshotterName[] = ['overlayfs', 'native'];
+export interface SnapshotterOptions {
+  /** Postgres.js pool; the tables come from `snapshotMigrations`. */
+  sql: postgres.Sql<{}>;
+  /** This node: records of other nodes are never seen. */
+  nodeId: string;
+  name: SnapshotterName;
+  /** This snapshotter's data directory (distinct per snapshotter). */
+  root: string;
+}
 
-export const snapshotMigrations = [
+/** Ordered migrations, applied as `migrate(sql, 'snapshots', snapshotMigrations)`. */
+export const snapshotMigrations: readonly string[] = [
   `CREATE TABLE snapshots_snapshots (
-     id bigserial UNIQUE,
+     id bigserial PRIMARY KEY,
      node text NOT NULL,
      snapshotter text NOT NULL,
      namespace text NOT NULL,
      key text NOT NULL,
-     parent text NOT NULL DEFAULT '',
-     kind smallint NOT NULL,
+     parent_id bigint REFERENCES snapshots_snapshots (id),
+     kind text NOT NULL CHECK (kind IN ('active', 'view', 'committed')),
      labels jsonb NOT NULL DEFAULT '{}',
      size bigint NOT NULL DEFAULT 0,
      inodes bigint NOT NULL DEFAULT 0,
      created_at timestamptz NOT NULL DEFAULT now(),
      updated_at timestamptz NOT NULL DEFAULT now(),
-     PRIMARY KEY (node, snapshotter, namespace, key))`,
-  `CREATE INDEX snapshots_by_parent ON snapshots_snapshots (node, snapshotter, namespace, parent)`,
+     UNIQUE (node, snapshotter, namespace, key))`,
+  `CREATE INDEX snapshots_snapshots_parent ON snapshots_snapshots (parent_id)`,
 ];
+
+const UNIQUE_VIOLATION = '23505';
+const FOREIGN_KEY_VIOLATION = '23503';
+const sqlState = (err: unknown) => (typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined);
 
 interface Row {
   id: string;
   key: string;
-  parent: string;
-  kind: number;
+  parent: string | null;
+  parent_id: string | null;
+  kind: SnapshotKind;
   labels: Record<string, string>;
   size: string;
   inodes: string;
@@ -66,219 +88,308 @@ interface Row {
   updated_at: Date;
 }
 
-function toInfo(r: Row): SnapshotInfo {
-  return { name: r.key, parent: r.parent, kind: r.kind as Kind, labels: r.labels ?? {}, createdAt: r.created_at, updatedAt: r.updated_at };
+function toInfo(r: Row): Info {
+  return { name: r.key, parent: r.parent ?? '', kind: r.kind, labels: r.labels ?? {}, createdAt: r.created_at, updatedAt: r.updated_at };
 }
 
-/** Whether the kernel's overlay module knows "index=off" (containerd adds it when it does). */
-function overlayIndexOff(): boolean {
+/** containerd's overlay check: the kernel's overlay module knows "index=off" when it has the parameter. */
+function overlaySupportsIndex(): boolean {
   return existsSync('/sys/module/overlay/parameters/index');
 }
 
-export class Snapshotter {
-  private readonly indexOff = overlayIndexOff();
-  constructor(
-    private readonly sql: Sql,
-    readonly node: string,
-    readonly name: SnapshotterName,
-    /** This snapshotter's data directory. */
-    readonly root: string,
-  ) {}
+/** Labels with empty values dropped (containerd never stores an empty label). */
+function cleanLabels(labels: Record<string, string> | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(labels ?? {})) if (v !== '' && v !== undefined && v !== null) out[k] = v;
+  return out;
+}
 
-  async init(): Promise<void> {
-    await fs.mkdir(path.join(this.root, 'snapshots'), { recursive: true, mode: 0o700 });
+/** An unrecorded directory is left alone by cleanup() for this long: it may be an in-flight create. */
+const NEW_DIR_GRACE_MS = 10 * 60 * 1000;
+
+export class Snapshotter {
+  readonly name: SnapshotterName;
+  readonly nodeId: string;
+  readonly root: string;
+  private readonly sql: postgres.Sql<{}>;
+  private readonly indexOff = overlaySupportsIndex();
+  private ready: Promise<void> | undefined;
+
+  constructor(opts: SnapshotterOptions) {
+    if (opts.name !== 'overlayfs' && opts.name !== 'native') throw errInvalidArgument(`unknown snapshotter ${JSON.stringify(opts.name)}`);
+    if (!opts.nodeId) throw errInvalidArgument('snapshotter nodeId must be set');
+    if (!path.isAbsolute(opts.root)) throw errInvalidArgument(`snapshotter root must be absolute, got ${JSON.stringify(opts.root)}`);
+    this.sql = opts.sql;
+    this.nodeId = opts.nodeId;
+    this.name = opts.name;
+    this.root = opts.root;
   }
 
+  /** Creates the data directory; idempotent, and done implicitly by every change. */
+  init(): Promise<void> {
+    this.ready ??= fs.mkdir(path.join(this.root, 'snapshots'), { recursive: true, mode: 0o700 }).then(() => {});
+    return this.ready;
+  }
+
+  // Layout: overlayfs keeps <id>/fs (the upper dir) and <id>/work; native keeps the tree in <id>.
   private dir(id: string): string {
     return path.join(this.root, 'snapshots', id);
   }
-  private fsPath(id: string): string {
-    return path.join(this.dir(id), 'fs');
+  private upper(id: string): string {
+    return this.name === 'overlayfs' ? path.join(this.dir(id), 'fs') : this.dir(id);
+  }
+  private work(id: string): string {
+    return path.join(this.dir(id), 'work');
   }
 
-  private async row(ns: string, key: string, sql: Sql = this.sql): Promise<Row> {
-    const rows = await sql<Row[]>`SELECT id, key, parent, kind, labels, size, inodes, created_at, updated_at FROM snapshots_snapshots
-      WHERE node = ${this.node} AND snapshotter = ${this.name} AND namespace = ${ns} AND key = ${key}`;
-    if (rows.length === 0) throw errNotFound(`snapshot ${key}`);
-    return rows[0]!;
+  private async find(sql: Sql, ns: string, key: string, lock: '' | 'update' | 'share' = ''): Promise<Row | undefined> {
+    const suffix = lock === 'update' ? sql`FOR UPDATE OF s` : lock === 'share' ? sql`FOR SHARE OF s` : sql``;
+    const rows = await sql<Row[]>`
+      SELECT s.id, s.key, p.key AS parent, s.parent_id, s.kind, s.labels, s.size, s.inodes, s.created_at, s.updated_at
+      FROM snapshots_snapshots s LEFT JOIN snapshots_snapshots p ON p.id = s.parent_id
+      WHERE s.node = ${this.nodeId} AND s.snapshotter = ${this.name} AND s.namespace = ${ns} AND s.key = ${key} ${suffix}`;
+    return rows[0];
   }
 
-  /** Parent ids, nearest first. */
-  private async parentIds(ns: string, parent: string): Promise<string[]> {
-    const ids: string[] = [];
-    for (let p = parent; p; ) {
-      const r = await this.row(ns, p);
-      ids.push(r.id);
-      p = r.parent;
-    }
-    return ids;
+  private async get(sql: Sql, ns: string, key: string, lock: '' | 'update' | 'share' = ''): Promise<Row> {
+    const r = await this.find(sql, ns, key, lock);
+    if (!r) throw errNotFound(`snapshot ${key} does not exist`);
+    return r;
   }
 
-  private async mountsFor(ns: string, r: Row): Promise<SnapshotMount[]> {
-    const parents = await this.parentIds(ns, r.parent);
+  /** Ids of `id` and its ancestors, nearest first. */
+  private async chain(sql: Sql, id: string): Promise<string[]> {
+    const rows = await sql<{ id: string }[]>`
+      WITH RECURSIVE chain AS (
+        SELECT id, parent_id, 0 AS depth FROM snapshots_snapshots WHERE id = ${id}
+        UNION ALL
+        SELECT s.id, s.parent_id, c.depth + 1 FROM snapshots_snapshots s JOIN chain c ON s.id = c.parent_id)
+      SELECT id FROM chain ORDER BY depth`;
+    return rows.map((r) => String(r.id));
+  }
+
+  /** The mounts of an active or view snapshot whose parents are `parentIds` (nearest first). */
+  private mountsOf(id: string, kind: SnapshotKind, parentIds: string[]): Mount[] {
     if (this.name === 'native') {
-      // native: every snapshot is a full copy; views are read-only binds of their own copy.
-      return [{ type: 'bind', source: this.fsPath(r.id), target: '', options: [r.kind === Kind.View ? 'ro' : 'rw', 'rbind'] }];
+      // Active snapshots (and parentless views) own a full copy; views of a parent bind it read-only.
+      const source = parentIds.length === 0 || kind === 'active' ? this.dir(id) : this.dir(parentIds[0]!);
+      return [{ type: 'bind', source, target: '', options: [kind === 'view' ? 'ro' : 'rw', 'rbind'] }];
     }
-    if (parents.length === 0) {
-      return [{ type: 'bind', source: this.fsPath(r.id), target: '', options: [r.kind === Kind.View ? 'ro' : 'rw', 'rbind'] }];
+    if (parentIds.length === 0) {
+      // Overlay needs at least one lower: a parentless snapshot is its upper dir, bound.
+      return [{ type: 'bind', source: this.upper(id), target: '', options: [kind === 'view' ? 'ro' : 'rw', 'rbind'] }];
     }
     const options: string[] = [];
     if (this.indexOff) options.push('index=off');
-    if (r.kind === Kind.Active) {
-      options.push(`workdir=${path.join(this.dir(r.id), 'work')}`, `upperdir=${this.fsPath(r.id)}`);
-    } else if (parents.length === 1) {
-      return [{ type: 'bind', source: this.fsPath(parents[0]!), target: '', options: ['ro', 'rbind'] }];
+    if (kind === 'active') {
+      options.push(`workdir=${this.work(id)}`, `upperdir=${this.upper(id)}`);
+    } else if (parentIds.length === 1) {
+      return [{ type: 'bind', source: this.upper(parentIds[0]!), target: '', options: ['ro', 'rbind'] }];
     }
-    options.push(`lowerdir=${parents.map((id) => this.fsPath(id)).join(':')}`);
+    options.push(`lowerdir=${parentIds.map((p) => this.upper(p)).join(':')}`);
     return [{ type: 'overlay', source: 'overlay', target: '', options }];
   }
 
-  private async create(kind: Kind, ns: string, key: string, parent: string, labels: Record<string, string>): Promise<SnapshotMount[]> {
+  private async create(kind: 'active' | 'view', ns: string, key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
+    if (!ns) throw errInvalidArgument('namespace must not be empty');
     if (!key) throw errInvalidArgument('snapshot key must not be empty');
+    labels = cleanLabels(labels);
     validateLabels(labels);
-    let row: Row;
+    await this.init();
+
+    // The directory is built under a temp name and renamed to the id inside the transaction
+    // that records it; a crash in between leaves a directory cleanup() removes.
+    const needsDir = this.name === 'overlayfs' || kind === 'active' || !parent;
+    const td = needsDir ? await fs.mkdtemp(path.join(this.root, 'snapshots', 'new-')) : undefined;
+    let renamedTo: string | undefined;
     try {
-      row = await this.sql.begin(async (tx) => {
-        if (parent) {
-          const rows = await tx<Row[]>`SELECT id, kind FROM snapshots_snapshots
-            WHERE node = ${this.node} AND snapshotter = ${this.name} AND namespace = ${ns} AND key = ${parent} FOR SHARE`;
-          if (rows.length === 0) throw errNotFound(`parent snapshot ${parent}`);
-          if (rows[0]!.kind !== Kind.Committed) throw errInvalidArgument(`parent ${JSON.stringify(parent)} is not committed snapshot`);
+      if (td) {
+        await fs.chmod(td, this.name === 'native' ? 0o755 : 0o700);
+        if (this.name === 'overlayfs') {
+          await fs.mkdir(path.join(td, 'fs'), { mode: 0o755 });
+          await fs.chmod(path.join(td, 'fs'), 0o755);
+          if (kind === 'active') await fs.mkdir(path.join(td, 'work'), { mode: 0o711 });
         }
-        const [r] = await tx<Row[]>`INSERT INTO snapshots_snapshots (node, snapshotter, namespace, key, parent, kind, labels)
-          VALUES (${this.node}, ${this.name}, ${ns}, ${key}, ${parent}, ${kind}, ${tx.json(labels)})
-          RETURNING id, key, parent, kind, labels, size, inodes, created_at, updated_at`;
-        return r!;
-      }) as Row;
-    } catch (err) {
-      if (sqlState(err) === UNIQUE_VIOLATION) throw errAlreadyExists(`snapshot ${key}`);
-      throw err;
-    }
-    try {
-      const dir = this.dir(row.id);
-      await fs.mkdir(dir, { mode: 0o700 });
-      await fs.mkdir(this.fsPath(row.id), { mode: 0o755 });
-      if (this.name === 'overlayfs' && kind === Kind.Active) await fs.mkdir(path.join(dir, 'work'), { mode: 0o711 });
-      if (this.name === 'native' && parent) {
-        // native copies the parent's tree, preserving owners, modes, links and xattrs.
-        const p = await this.row(ns, parent);
-        await execFileP('cp', ['-a', '--', `${this.fsPath(p.id)}/.`, this.fsPath(row.id)]);
       }
-      return await this.mountsFor(ns, row);
+      return (await this.sql.begin(async (tx) => {
+        let parentRow: Row | undefined;
+        if (parent) {
+          // FOR SHARE: the parent cannot be removed (or committed over) until this commits.
+          parentRow = await this.find(tx, ns, parent, 'share');
+          if (!parentRow) throw errNotFound(`parent snapshot ${parent} does not exist`);
+          if (parentRow.kind !== 'committed') throw errInvalidArgument(`failed to create snapshot: parent ${JSON.stringify(parent)} is not committed snapshot`);
+        }
+        if (await this.find(tx, ns, key)) throw errAlreadyExists(`snapshot ${JSON.stringify(key)}`);
+        const [row] = await tx<{ id: string }[]>`
+          INSERT INTO snapshots_snapshots (node, snapshotter, namespace, key, parent_id, kind, labels)
+          VALUES (${this.nodeId}, ${this.name}, ${ns}, ${key}, ${parentRow?.id ?? null}, ${kind}, ${tx.json(labels)})
+          RETURNING id`;
+        const id = String(row!.id);
+        const parentIds = parentRow ? await this.chain(tx, parentRow.id) : [];
+        if (td) {
+          if (parentIds.length > 0 && this.name === 'overlayfs') {
+            // The upper dir takes the owner of the nearest parent's root, as containerd does.
+            const st = await fs.stat(this.upper(parentIds[0]!));
+            await fs.lchown(path.join(td, 'fs'), st.uid, st.gid);
+          }
+          if (parentIds.length > 0 && this.name === 'native') {
+            // A full copy: owners, modes, times, links, devices and xattrs (best effort).
+            await execFileP('cp', ['-a', '--', `${this.dir(parentIds[0]!)}/.`, td]);
+          }
+          await fs.rename(td, this.dir(id));
+          renamedTo = this.dir(id);
+        }
+        return this.mountsOf(id, kind, parentIds);
+      })) as Mount[];
     } catch (err) {
-      await this.sql`DELETE FROM snapshots_snapshots WHERE id = ${row.id}`;
-      await fs.rm(this.dir(row.id), { recursive: true, force: true });
+      if (td) await fs.rm(renamedTo ?? td, { recursive: true, force: true });
+      if (sqlState(err) === UNIQUE_VIOLATION) throw errAlreadyExists(`snapshot ${JSON.stringify(key)}`, { cause: err });
       throw err;
     }
   }
 
-  prepare(ns: string, key: string, parent = '', labels: Record<string, string> = {}): Promise<SnapshotMount[]> {
-    return this.create(Kind.Active, ns, key, parent, labels);
+  /** An active (writable) snapshot `key` on `parent` (a committed key, or "" for none). */
+  prepare(ns: string, key: string, parent = '', labels: Record<string, string> = {}): Promise<Mount[]> {
+    return this.create('active', ns, key, parent, labels);
   }
 
-  view(ns: string, key: string, parent = '', labels: Record<string, string> = {}): Promise<SnapshotMount[]> {
-    return this.create(Kind.View, ns, key, parent, labels);
+  /** A read-only view `key` of `parent`; it cannot be committed. */
+  view(ns: string, key: string, parent = '', labels: Record<string, string> = {}): Promise<Mount[]> {
+    return this.create('view', ns, key, parent, labels);
   }
 
-  async mounts(ns: string, key: string): Promise<SnapshotMount[]> {
-    const r = await this.row(ns, key);
-    if (r.kind !== Kind.Active && r.kind !== Kind.View) {
-      throw errFailedPrecondition(`requested snapshot ${key} not active or view`);
-    }
-    return this.mountsFor(ns, r);
+  /** The mounts of an active snapshot or a view (FailedPrecondition for a committed one). */
+  async mounts(ns: string, key: string): Promise<Mount[]> {
+    const r = await this.get(this.sql, ns, key);
+    if (r.kind === 'committed') throw errFailedPrecondition(`requested snapshot ${key} not active or view`);
+    return this.mountsOf(r.id, r.kind, r.parent_id ? await this.chain(this.sql, r.parent_id) : []);
   }
 
+  /**
+   * Turns active snapshot `key` into committed snapshot `name` (same data, same parent;
+   * `labels` replace the active's; created and updated are now).
+   */
   async commit(ns: string, name: string, key: string, labels: Record<string, string> = {}): Promise<void> {
+    if (!name) throw errInvalidArgument('snapshot name must not be empty');
+    labels = cleanLabels(labels);
     validateLabels(labels);
-    const r = await this.row(ns, key);
-    if (r.kind !== Kind.Active) throw errFailedPrecondition(`requested snapshot ${key} not active`);
-    const usage = await diskUsage(this.fsPath(r.id));
+    const pre = await this.get(this.sql, ns, key);
+    // Measured before the transaction: walking a large tree must not hold row locks.
+    const usage = pre.kind === 'active' ? await diskUsage(this.upper(pre.id)) : { size: 0, inodes: 0 };
     try {
-      await this.sql`UPDATE snapshots_snapshots SET key = ${name}, kind = ${Kind.Committed}, labels = ${this.sql.json(labels)},
-        size = ${usage.size}, inodes = ${usage.inodes}, updated_at = now() WHERE id = ${r.id}`;
+      await this.sql.begin(async (tx) => {
+        if (await this.find(tx, ns, name)) throw errAlreadyExists(`snapshot ${JSON.stringify(name)}`);
+        const r = await this.get(tx, ns, key, 'update');
+        if (r.kind !== 'active') throw errFailedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(key)} is not active`);
+        await tx`UPDATE snapshots_snapshots SET key = ${name}, kind = 'committed', labels = ${tx.json(labels)},
+          size = ${usage.size}, inodes = ${usage.inodes}, created_at = now(), updated_at = now() WHERE id = ${r.id}`;
+      });
     } catch (err) {
-      if (sqlState(err) === UNIQUE_VIOLATION) throw errAlreadyExists(`snapshot ${name}`);
+      if (sqlState(err) === UNIQUE_VIOLATION) throw errAlreadyExists(`snapshot ${JSON.stringify(name)}`, { cause: err });
       throw err;
     }
-    if (this.name === 'overlayfs') await fs.rm(path.join(this.dir(r.id), 'work'), { recursive: true, force: true });
   }
 
+  /** Removes a snapshot and its data; FailedPrecondition while it has children. */
   async remove(ns: string, key: string): Promise<void> {
-    const id = await this.sql.begin(async (tx) => {
-      const r = await this.row(ns, key, tx as unknown as Sql);
-      const kids = await tx`SELECT 1 FROM snapshots_snapshots WHERE node = ${this.node} AND snapshotter = ${this.name}
-        AND namespace = ${ns} AND parent = ${key} LIMIT 1`;
-      if (kids.length > 0) throw errFailedPrecondition('cannot remove snapshot with child');
-      await tx`DELETE FROM snapshots_snapshots WHERE id = ${r.id}`;
-      return r.id;
-    });
-    await fs.rm(this.dir(id as string), { recursive: true, force: true });
-  }
-
-  async stat(ns: string, key: string): Promise<SnapshotInfo> {
-    return toInfo(await this.row(ns, key));
-  }
-
-  /** Only labels are mutable (containerd: "labels" or "labels.<key>" paths). */
-  async update(ns: string, info: { name: string; labels: Record<string, string> }, paths: string[]): Promise<SnapshotInfo> {
-    const r = await this.row(ns, info.name);
-    let labels = { ...r.labels };
-    if (paths.length === 0) labels = { ...info.labels };
-    for (const p of paths) {
-      if (p === 'labels') labels = { ...info.labels };
-      else if (p.startsWith('labels.')) {
-        const k = p.slice(7);
-        if (info.labels[k]) labels[k] = info.labels[k]!;
-        else delete labels[k];
-      } else throw errInvalidArgument(`cannot update ${JSON.stringify(p)} field on snapshot ${JSON.stringify(info.name)}`);
+    let id: string;
+    try {
+      id = (await this.sql.begin(async (tx) => {
+        const r = await this.get(tx, ns, key, 'update');
+        const kids = await tx`SELECT 1 FROM snapshots_snapshots WHERE parent_id = ${r.id} LIMIT 1`;
+        if (kids.length > 0) throw errFailedPrecondition('cannot remove snapshot with child');
+        await tx`DELETE FROM snapshots_snapshots WHERE id = ${r.id}`;
+        return String(r.id);
+      })) as string;
+    } catch (err) {
+      // A child created concurrently (it holds the parent row FOR SHARE until it commits).
+      if (sqlState(err) === FOREIGN_KEY_VIOLATION) throw errFailedPrecondition('cannot remove snapshot with child', { cause: err });
+      throw err;
     }
-    validateLabels(labels);
-    const [row] = await this.sql<Row[]>`UPDATE snapshots_snapshots SET labels = ${this.sql.json(labels)}, updated_at = now()
-      WHERE id = ${r.id} RETURNING id, key, parent, kind, labels, size, inodes, created_at, updated_at`;
-    return toInfo(row!);
+    // Renamed first so a half-removed tree is never mistaken for a live one.
+    const gone = path.join(this.root, 'snapshots', `rm-${id}`);
+    await fs.rename(this.dir(id), gone).catch((err) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+    await fs.rm(gone, { recursive: true, force: true });
   }
 
-  async *list(ns: string): AsyncGenerator<SnapshotInfo[]> {
-    let after = '';
+  async stat(ns: string, key: string): Promise<Info> {
+    return toInfo(await this.get(this.sql, ns, key));
+  }
+
+  /**
+   * Updates labels, as containerd: no fieldpaths replaces all labels; "labels" likewise;
+   * "labels.<k>" sets (or, when empty or absent in `info`, removes) one; anything else is
+   * InvalidArgument. Returns the updated info.
+   */
+  async update(ns: string, info: { name: string; labels?: Record<string, string> }, fieldpaths: string[] = []): Promise<Info> {
+    if (!info.name) throw errInvalidArgument('snapshot name must be set');
+    return (await this.sql.begin(async (tx) => {
+      const r = await this.get(tx, ns, info.name, 'update');
+      const given = info.labels ?? {};
+      let labels: Record<string, string> = { ...r.labels };
+      if (fieldpaths.length === 0) labels = { ...given };
+      for (const p of fieldpaths) {
+        if (p.startsWith('labels.')) {
+          const k = p.slice('labels.'.length);
+          labels[k] = given[k] ?? '';
+        } else if (p === 'labels') {
+          labels = { ...given };
+        } else {
+          throw errInvalidArgument(`cannot update ${JSON.stringify(p)} field on snapshot ${JSON.stringify(info.name)}`);
+        }
+      }
+      labels = cleanLabels(labels);
+      validateLabels(labels);
+      await tx`UPDATE snapshots_snapshots SET labels = ${tx.json(labels)}, updated_at = now() WHERE id = ${r.id}`;
+      return toInfo((await this.find(tx, ns, info.name))!);
+    })) as Info;
+  }
+
+  /** Every snapshot of the namespace, by key, optionally filtered; fetched in pages. */
+  async *list(ns: string, filter?: (info: Info) => boolean): AsyncGenerator<Info> {
+    let after: string | undefined;
     for (;;) {
-      const rows = await this.sql<Row[]>`SELECT id, key, parent, kind, labels, size, inodes, created_at, updated_at FROM snapshots_snapshots
-        WHERE node = ${this.node} AND snapshotter = ${this.name} AND namespace = ${ns} AND key > ${after} ORDER BY key LIMIT 500`;
-      if (rows.length === 0) return;
-      yield rows.map(toInfo);
+      const rows: Row[] = await this.sql<Row[]>`
+        SELECT s.id, s.key, p.key AS parent, s.parent_id, s.kind, s.labels, s.size, s.inodes, s.created_at, s.updated_at
+        FROM snapshots_snapshots s LEFT JOIN snapshots_snapshots p ON p.id = s.parent_id
+        WHERE s.node = ${this.nodeId} AND s.snapshotter = ${this.name} AND s.namespace = ${ns}
+          ${after === undefined ? this.sql`` : this.sql`AND s.key COLLATE "C" > ${after}`}
+        ORDER BY s.key COLLATE "C" LIMIT 500`;
+      for (const r of rows) {
+        const info = toInfo(r);
+        if (!filter || filter(info)) yield info;
+      }
+      if (rows.length < 500) return;
       after = rows[rows.length - 1]!.key;
     }
   }
 
-  async usage(ns: string, key: string): Promise<{ size: number; inodes: number }> {
-    const r = await this.row(ns, key);
-    if (r.kind === Kind.Committed) return { size: Number(r.size), inodes: Number(r.inodes) };
-    return diskUsage(this.fsPath(r.id));
+  /** Disk usage: measured now for an active snapshot, recorded at commit otherwise. */
+  async usage(ns: string, key: string): Promise<Usage> {
+    const r = await this.get(this.sql, ns, key);
+    if (r.kind === 'active') return diskUsage(this.upper(r.id));
+    return { size: Number(r.size), inodes: Number(r.inodes) };
   }
 
-  /** Removes data directories that no record points at (left by a crash mid-remove). */
+  /**
+   * Removes data directories no record of this node and snapshotter points at: leftovers
+   * of removals and of creates that failed half-way. Recent unrecorded directories other
+   * than removals are left alone, as a create may be renaming into place before it commits.
+   */
   async cleanup(): Promise<void> {
-    const rows = await this.sql`SELECT id FROM snapshots_snapshots WHERE node = ${this.node} AND snapshotter = ${this.name}`;
+    await this.init();
+    const rows = await this.sql<{ id: string }[]>`SELECT id FROM snapshots_snapshots WHERE node = ${this.nodeId} AND snapshotter = ${this.name}`;
     const live = new Set(rows.map((r) => String(r.id)));
-    for (const d of await fs.readdir(path.join(this.root, 'snapshots'))) {
-      if (!live.has(d)) await fs.rm(this.dir(d), { recursive: true, force: true });
+    const base = path.join(this.root, 'snapshots');
+    for (const d of await fs.readdir(base)) {
+      if (live.has(d)) continue;
+      if (!d.startsWith('rm-')) {
+        const st = await fs.lstat(path.join(base, d)).catch(() => undefined);
+        if (!st || Date.now() - st.mtimeMs < NEW_DIR_GRACE_MS) continue;
+      }
+      await fs.rm(path.join(base, d), { recursive: true, force: true });
     }
   }
-}
-
-/** Bytes and inodes under a directory, counting each hardlinked inode once (as containerd's fs.DiskUsage). */
-export async function diskUsage(root: string): Promise<{ size: number; inodes: number }> {
-  const seen = new Set<string>();
-  let size = 0;
-  const walk = async (p: string): Promise<void> => {
-    const st = await fs.lstat(p);
-    const id = `${st.dev}:${st.ino}`;
-    if (!seen.has(id)) {
-      seen.add(id);
-      size += st.blocks * 512;
-    }
-    if (st.isDirectory()) for (const e of await fs.readdir(p)) await walk(path.join(p, e));
-  };
-  await walk(root);
-  return { size, inodes: seen.size };
 }
