@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# npm start: install what is missing, build, then run the launcher, which prints
+# `ready: <socket>` on stdout once ctr can connect (everything else goes to stderr).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then echo "npm start must run as root (runc, mounts, shims)" >&2; exit 1; fi
+bash tools/install-deps.sh
+node tools/build.mjs >&2
+exec node --enable-source-maps dist/tools/launcher.js
