@@ -6,10 +6,11 @@
 #                   tests start it on a private socket only as a reference to compare with)
 #   runc, nats-server, postgresql (its binaries: flotilla runs a private cluster),
 #   busybox-static + umoci (test images), attr (setfattr), psmisc,
+#   golang-go       builds containerd's Go testsuites and client cases (tools/gotest)
 #   protobuf-compiler + golang-github-containerd-{containerd,ttrpc}-dev (npm run gen, and
 #                   containerd's source as the behaviour reference)
 set -euo pipefail
-PKGS=(containerd runc nats-server postgresql busybox-static umoci attr psmisc protobuf-compiler
+PKGS=(containerd runc nats-server postgresql busybox-static umoci attr psmisc protobuf-compiler golang-go
       golang-github-containerd-containerd-dev golang-github-containerd-ttrpc-dev)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -20,3 +20,6 @@ export type { TestImage, BusyboxImageOptions } from './image.js';
 // Debian's containerd as a reference for comparison tests and the benchmark only.
 export { startReferenceContainerd } from './reference.js';
 export type { Reference } from './reference.js';
+// containerd's Go testsuites and Go client cases (tools/gotest), built with golang-go.
+export { buildGoTest, runGoTest, goEnv } from './gotest.js';
+export type { GoTestResult } from './gotest.js';
