@@ -131,7 +131,7 @@ export class MetadataStore {
   async containerGet(ctx: CallContext, id: string): Promise<capi.Container> {
     const ns = namespaceRequired(ctx);
     const rows = await this.sql`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id = ${id}`;
-    if (rows.length === 0) throw errNotFound(`container "${id}"`);
+    if (rows.length === 0) throw errNotFound(`container "${id}" in namespace "${ns}"`);
     return rowToContainer(rows[0]);
   }
 
@@ -186,7 +186,7 @@ export class MetadataStore {
     const ns = namespaceRequired(ctx);
     return this.sql.begin(async (tx) => {
       const rows = await tx`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id = ${c.id} FOR UPDATE`;
-      if (rows.length === 0) throw errNotFound(`container "${c.id}"`);
+      if (rows.length === 0) throw errNotFound(`cannot update container "${c.id}" in namespace "${ns}"`);
       const cur = rowToContainer(rows[0]);
       let next: capi.Container;
       if (paths.length === 0) {
@@ -222,7 +222,7 @@ export class MetadataStore {
   async containerDelete(ctx: CallContext, id: string): Promise<void> {
     const ns = namespaceRequired(ctx);
     const rows = await this.sql`DELETE FROM metadata_containers WHERE namespace = ${ns} AND id = ${id} RETURNING id`;
-    if (rows.length === 0) throw errNotFound(`container "${id}"`);
+    if (rows.length === 0) throw errNotFound(`cannot delete container "${id}" in namespace "${ns}"`);
     this.publish(ns, '/containers/delete', 'containerd.events.ContainerDelete', evContainer.ContainerDelete, { id });
   }
 
