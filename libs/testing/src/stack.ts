@@ -35,7 +35,7 @@ async function waitReady(socket: string, timeoutMs = 60_000): Promise<void> {
  * Starts a stack from dist/ (run `npm run build` first; npm test does). Waits until the
  * gateway answers ctr and every service is registered.
  */
-export async function startStack(opts: { nodeId?: string; apps?: readonly AppName[] } = {}): Promise<Stack> {
+export async function startStack(opts: { nodeId?: string; apps?: readonly AppName[]; env?: NodeJS.ProcessEnv } = {}): Promise<Stack> {
   const home = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-test-'));
   // mkdtemp makes 0700; PostgreSQL runs as its own user and must reach its directories.
   await fs.chmod(home, 0o755);
@@ -62,6 +62,7 @@ export async function startStack(opts: { nodeId?: string; apps?: readonly AppNam
       FLOTILLA_NODE_ID: opts.nodeId ?? 'test-node',
       NATS_URL: nats.url,
       DATABASE_URL: pg.url,
+      ...opts.env,
     };
     const sup = new Supervisor({ distDir: path.join(ROOT, 'dist', 'apps'), logDir: path.join(home, 'logs'), env, apps: opts.apps });
     supervisor = sup;
