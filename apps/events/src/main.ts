@@ -2,7 +2,7 @@
 import { events as ev } from '@flotilla/api';
 import { runApp, FLOTILLA_VERSION } from '@flotilla/app';
 import { endpointsFor, serviceSubject } from '@flotilla/bus';
-import { EventsService } from '@flotilla/events';
+import { EventsService, envelopeFilter } from '@flotilla/events';
 
 void runApp('events', async ({ bus }) => {
   const svc = new EventsService(bus);
@@ -14,8 +14,7 @@ void runApp('events', async ({ bus }) => {
     endpoints: endpointsFor(ev.EventsDefinition, (m) => serviceSubject('events', m), {
       publish: (req, ctx) => svc.publish(req, ctx),
       forward: (req) => svc.forward(req),
-      // TODO(filters): Subscribe's filters are applied once @flotilla/filters exists (issue 3/5).
-      subscribe: () => svc.subscribe(),
+      subscribe: (req) => svc.subscribe(envelopeFilter(req.filters)),
     }),
   });
   return async () => {};

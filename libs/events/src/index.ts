@@ -2,3 +2,4 @@
 export { publishEvent, publishEnvelope } from './publish.js';
 export type { EventTypeUrl } from './publish.js';
 export { EventsService } from './service.js';
+export { envelopeFilter } from './filter.js';

@@ -9,7 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as api from '@flotilla/api';
 import type { ServiceDefinition } from '@flotilla/api';
 import { Bus, type CallContext } from '@flotilla/bus';
-import { ContainerdError, ErrorClass, classOf, grpcCodeOf, messageOf, errUnavailable } from '@flotilla/errdefs';
+import { ContainerdError, ErrorClass, classOf, grpcCodeOf, messageOf, errUnavailable, isUnavailable } from '@flotilla/errdefs';
 import { SpanKind, extractTrace, otelContext, withSpan, type Carrier } from '@flotilla/telemetry';
 import { routeFor, type Route } from './routes.js';
 import { decodeCheckRequest, encodeCheckResponse, healthDefinition, ServingStatus } from './health.js';
@@ -65,10 +65,35 @@ function toStatus(err: unknown): Partial<grpc.StatusObject> {
   return { code: grpcCodeOf(cls) as number as grpc.status, details: messageOf(err) };
 }
 
+/** One hop of a held call (tasks Wait); the tasks service answers Continue well within it. */
+const HELD_HOP_MS = 45_000;
+
 export class Gateway {
   private server?: grpc.Server;
   private uuid = '';
+  /** Whether the NATS connection is up (health answers NOT_SERVING while it is not). */
+  private natsUp = true;
   constructor(private readonly opts: GatewayOptions) {}
+
+  /**
+   * A held call (tasks Wait): asked again on Continue, and also when the service holding it
+   * could not be reached or died holding it (a hop longer than HELD_HOP_MS), until the
+   * client's own deadline. So a Wait outlives restarts of the tasks service and node agent.
+   */
+  private async held(subject: string, req: Buffer, ctx: CallContext): Promise<Buffer> {
+    const { bus } = this.opts;
+    for (;;) {
+      const hop: CallContext = { ...ctx, deadline: Math.min(ctx.deadline ?? Infinity, Date.now() + HELD_HOP_MS) };
+      try {
+        const out = await bus.forward(subject, req, hop);
+        if (typeof out !== 'symbol') return Buffer.from(out);
+      } catch (err) {
+        const transient = isUnavailable(err) || classOf(err) === ErrorClass.DeadlineExceeded;
+        if (!transient || (ctx.deadline !== undefined && Date.now() + 500 >= ctx.deadline)) throw err;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
 
   private contextOf(call: { metadata: grpc.Metadata; getDeadline(): grpc.Deadline }): CallContext {
     const md = call.metadata;
@@ -225,6 +250,10 @@ export class Gateway {
         if (def.fullName === api.content.ContentDefinition.fullName && m.name === 'Write') impl[m.name] = this.contentWrite();
         continue;
       }
+      if (def.fullName === api.tasks.TasksDefinition.fullName && m.name === 'Wait') {
+        impl[m.name] = this.unary(pathName, (req, ctx) => this.held(subject, req, ctx));
+        continue;
+      }
       impl[m.name] = m.responseStream
         ? this.serverStream(pathName, subject)
         : this.unary(pathName, async (req, ctx) => Buffer.from(await this.opts.bus.request(subject, req, ctx)));
@@ -255,7 +284,7 @@ export class Gateway {
   }
 
   private health(): grpc.UntypedServiceImplementation {
-    const status = () => (this.opts.bus.nc.isClosed() ? ServingStatus.NOT_SERVING : ServingStatus.SERVING);
+    const status = () => (this.opts.bus.nc.isClosed() || !this.natsUp ? ServingStatus.NOT_SERVING : ServingStatus.SERVING);
     return {
       Check: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
         const { service } = decodeCheckRequest(call.request);
@@ -273,6 +302,12 @@ export class Gateway {
 
   async start(): Promise<void> {
     const { socket, stateDir } = this.opts;
+    void (async () => {
+      for await (const s of this.opts.bus.nc.status()) {
+        if (s.type === 'disconnect') this.natsUp = false;
+        else if (s.type === 'reconnect') this.natsUp = true;
+      }
+    })().catch(() => {});
     await fs.mkdir(stateDir, { recursive: true });
     const uuidFile = path.join(stateDir, 'uuid');
     this.uuid = (await fs.readFile(uuidFile, 'utf8').catch(() => '')).trim();

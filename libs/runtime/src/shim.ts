@@ -3,12 +3,12 @@
 // drives it over ttrpc (containerd.task.v2.Task), and serves the ttrpc Events endpoint the
 // shims forward their task events to.
 import { spawn } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { appendFileSync, createWriteStream, readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import type net from 'node:net';
 import path from 'node:path';
 import {
-  Any, Empty, evTask, packAny, shim as sapi, toTimestamp, ttrpcEvents, type MessageType, type Mount, type Timestamp,
+  Any, Empty, evTask, packAny, shim as sapi, taskTypes, toTimestamp, ttrpcEvents, type MessageType, type Mount, type Timestamp,
 } from '@flotilla/api';
 import {
   ContainerdError, ErrorClass, classOf, errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound, isNotFound, isUnavailable,
@@ -104,6 +104,8 @@ interface ShimHandle {
   closing: boolean;
   /** A whole-task delete is in progress. */
   deleting?: boolean;
+  /** Set when the shim died: resolves with the exit reported for its task after cleanup. */
+  gone?: Promise<TaskExitInfo>;
 }
 
 function defaultLog(msg: string, fields?: Record<string, unknown>): void {
@@ -136,6 +138,12 @@ export class ShimManager {
     this.events.register(EVENTS_SERVICE, 'Forward', async (payload) => {
       const env = ttrpcEvents.ForwardRequest.decode(payload).envelope;
       if (!env) throw errInvalidArgument('forward: envelope must be set');
+      if (env.topic === '/tasks/exit' && env.event) {
+        // A shim re-sends an exit it could not deliver while we were down; we may have
+        // reported it already from the task's state when we reconnected.
+        const ex = evTask.TaskExit.decode(env.event.value);
+        if (!this.claimExit(env.namespace, ex.containerId, ex.id === ex.containerId ? '' : ex.id, ex.pid)) return Empty.encode({}).finish();
+      }
       await this.opts.onEvent({ topic: env.topic, namespace: env.namespace, event: env.event, timestamp: env.timestamp });
       return Empty.encode({}).finish();
     });
@@ -179,8 +187,10 @@ export class ShimManager {
           found.push({ namespace: ns, id });
         } catch (err) {
           this.log('cleaning up after shim that is gone', { namespace: ns, id, error: messageOf(err) });
-          await this.cleanupShim(bundle, binary);
+          await this.afterDeadShim(bundle, binary);
+          continue;
         }
+        await this.reportMissedExit(bundle).catch((err) => this.log('state after reconnect', { namespace: ns, id, error: messageOf(err) }));
       }
     }
     return found;
@@ -254,8 +264,30 @@ export class ShimManager {
 
   /** Resolves when the process exits (held as long as it runs). */
   async wait(namespace: string, id: string, execId = ''): Promise<{ exitStatus: number; exitedAt: Timestamp | undefined }> {
-    const res = await this.call(this.get(namespace, id), 'Wait', sapi.WaitRequest, sapi.WaitResponse, { id, execId });
-    return { exitStatus: res.exitStatus, exitedAt: res.exitedAt };
+    const h = this.get(namespace, id);
+    try {
+      const res = await this.call(h, 'Wait', sapi.WaitRequest, sapi.WaitResponse, { id, execId });
+      return { exitStatus: res.exitStatus, exitedAt: res.exitedAt };
+    } catch (err) {
+      // The shim died while we waited: its task ends with what the cleanup reported.
+      if (!execId && h.gone && isUnavailable(err)) return h.gone;
+      throw err;
+    }
+  }
+
+  /** The task's cgroup statistics as the shim reports them (io.containerd.cgroups.v1/v2.Metrics as Any). */
+  async stats(namespace: string, id: string): Promise<Any | undefined> {
+    return (await this.call(this.get(namespace, id), 'Stats', sapi.StatsRequest, sapi.StatsResponse, { id })).stats;
+  }
+
+  /** Updates the task's resources (an OCI LinuxResources JSON as Any) and annotations. */
+  async update(namespace: string, id: string, resources: Any | undefined, annotations: Record<string, string>): Promise<void> {
+    await this.call(this.get(namespace, id), 'Update', sapi.UpdateTaskRequest, Empty, { id, resources, annotations });
+  }
+
+  /** Checkpoints the task (runc checkpoint through CRIU) into `imagePath`. */
+  async checkpoint(namespace: string, id: string, imagePath: string, options: Any | undefined): Promise<void> {
+    await this.call(this.get(namespace, id), 'Checkpoint', sapi.CheckpointTaskRequest, Empty, { id, path: imagePath, options });
   }
 
   async kill(namespace: string, id: string, signal: number, all = false, execId = ''): Promise<void> {
@@ -493,32 +525,70 @@ export class ShimManager {
       if (h.closing) return;
       h.closing = true;
       if (this.shims.get(k) === h) this.shims.delete(k);
-      void this.afterDeadShim(h).catch((err) => this.log('cleanup after dead shim', { namespace: h.bundle.namespace, id: h.bundle.id, error: messageOf(err) }));
+      h.gone = this.afterDeadShim(h.bundle, h.binary, h).catch((err) => {
+        this.log('cleanup after dead shim', { namespace: h.bundle.namespace, id: h.bundle.id, error: messageOf(err) });
+        return { pid: 0, exitStatus: 255, exitedAt: toTimestamp() };
+      });
     });
   }
 
   /**
-   * The shim's connection dropped without us asking (it crashed or was killed): clean up
-   * and report the task exited and deleted, as containerd's cleanupAfterDeadShim does.
+   * The shim is gone (its connection dropped without us asking, or it was not there when we
+   * came back): clean up and report the task exited and deleted, as containerd's
+   * cleanupAfterDeadShim does. The exit is not reported again if it already was.
    */
-  private async afterDeadShim(h: ShimHandle): Promise<void> {
-    const { namespace, id } = h.bundle;
+  private async afterDeadShim(bundle: Bundle, binary: string, h?: ShimHandle): Promise<TaskExitInfo> {
+    const { namespace, id } = bundle;
     this.log('shim disconnected', { namespace, id });
-    const res = await this.cleanupShim(h.bundle, h.binary);
-    h.log?.destroy();
+    const reported = readExits(bundle);
+    const res = await this.cleanupShim(bundle, binary);
+    h?.log?.destroy();
     const pid = res?.pid ?? 0;
     const exitStatus = res ? res.exitStatus : 255;
     const exitedAt = res?.exitedAt ?? toTimestamp();
-    await this.opts.onEvent({
-      topic: '/tasks/exit',
-      namespace,
-      event: packAny('containerd.events.TaskExit', evTask.TaskExit, { containerId: id, id, pid, exitStatus, exitedAt }),
-      timestamp: toTimestamp(),
-    });
+    if (!reported.has(exitKey('', pid))) {
+      await this.opts.onEvent({
+        topic: '/tasks/exit',
+        namespace,
+        event: packAny('containerd.events.TaskExit', evTask.TaskExit, { containerId: id, id, pid, exitStatus, exitedAt }),
+        timestamp: toTimestamp(),
+      });
+    }
     await this.opts.onEvent({
       topic: '/tasks/delete',
       namespace,
       event: packAny('containerd.events.TaskDelete', evTask.TaskDelete, { containerId: id, id: '', pid, exitStatus, exitedAt }),
+      timestamp: toTimestamp(),
+    });
+    return { pid, exitStatus, exitedAt };
+  }
+
+  /**
+   * Records that the exit of process (execId, pid) of the task is being reported; false when
+   * it was already. Kept in the bundle (file `exits`) so it survives our restarts. Synchronous,
+   * so two reporters (the shim re-sending, our state check) cannot both win.
+   */
+  private claimExit(namespace: string, id: string, execId: string, pid: number): boolean {
+    const bundle = bundleAt(this.opts.stateDir, namespace, id);
+    if (readExits(bundle).has(exitKey(execId, pid))) return false;
+    try {
+      appendFileSync(path.join(bundle.path, 'exits'), exitKey(execId, pid) + '\n', { mode: 0o600 });
+    } catch {
+      // No bundle (a task we do not own): nothing to remember it in; report it.
+    }
+    return true;
+  }
+
+  /** After reconnecting: an init process that exited while we were away is reported once. */
+  private async reportMissedExit(bundle: Bundle): Promise<void> {
+    const { namespace, id } = bundle;
+    const st = await this.state(namespace, id);
+    if (st.status !== taskTypes.Status.STOPPED) return;
+    if (!this.claimExit(namespace, id, '', st.pid)) return;
+    await this.opts.onEvent({
+      topic: '/tasks/exit',
+      namespace,
+      event: packAny('containerd.events.TaskExit', evTask.TaskExit, { containerId: id, id, pid: st.pid, exitStatus: st.exitStatus, exitedAt: st.exitedAt }),
       timestamp: toTimestamp(),
     });
   }
@@ -545,6 +615,19 @@ export class ShimManager {
 
 function key(namespace: string, id: string): string {
   return `${namespace}/${id}`;
+}
+
+function exitKey(execId: string, pid: number): string {
+  return `${execId || '-'} ${pid}`;
+}
+
+/** The exits already reported for a task's processes (see claimExit). */
+function readExits(bundle: Bundle): Set<string> {
+  try {
+    return new Set(readFileSync(path.join(bundle.path, 'exits'), 'utf8').split('\n').filter(Boolean));
+  } catch {
+    return new Set();
+  }
 }
 
 /**
