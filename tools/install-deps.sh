@@ -7,11 +7,12 @@
 #   runc, nats-server, postgresql (its binaries: flotilla runs a private cluster),
 #   busybox-static + umoci (test images), attr (setfattr), psmisc,
 #   golang-go       builds containerd's Go testsuites and client cases (tools/gotest)
+#   tmux            drives ctr run -t / exec -t interactively in the task tests
 #   protobuf-compiler + golang-github-containerd-{containerd,ttrpc}-dev (npm run gen, and
 #                   containerd's source as the behaviour reference)
 set -euo pipefail
 PKGS=(containerd runc nats-server postgresql busybox-static umoci attr psmisc protobuf-compiler golang-go
-      golang-github-containerd-containerd-dev golang-github-containerd-ttrpc-dev)
+      golang-github-containerd-containerd-dev golang-github-containerd-ttrpc-dev tmux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
