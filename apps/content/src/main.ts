@@ -4,24 +4,29 @@ import { content as api, evContent, flotillaContent as fc, leases as lapi } from
 import { runApp, FLOTILLA_VERSION } from '@flotilla/app';
 import { endpointsFor, instanceSubject, rpcClient, serviceSubject, type CallContext } from '@flotilla/bus';
 import { appStateDir } from '@flotilla/config';
-import { ContentService, DiskStore, contentMigrations } from '@flotilla/content';
+import { ContentService, ContentStore, DiskBackend, contentMigrations } from '@flotilla/content';
 import { connectDb, migrate } from '@flotilla/db';
 import { publishEvent } from '@flotilla/events';
 
 void runApp('content', async ({ cfg, bus }) => {
   const sql = connectDb(cfg.databaseUrl, { appName: 'flotilla-content' });
   await migrate(sql, 'content', contentMigrations);
-  const disk = new DiskStore(path.join(appStateDir(cfg, 'content')));
-  await disk.init();
+  const backend = new DiskBackend(path.join(appStateDir(cfg, 'content')));
+  await backend.init();
+  // Lease membership lives with the leases service (metadata_lease_resources).
   const leases = rpcClient(bus, lapi.LeasesDefinition, (m) => serviceSubject('leases', m));
-  // Read replies carry at most this much data each, so one reply fits one bus batch.
-  const readChunk = Math.min(1024 * 1024, bus.chunkLimit - 1024);
-  const svc = new ContentService(sql, disk, {
-    onCommit: async (ns, lease, digest) => {
-      await leases.addResource({ id: lease, resource: { id: digest, type: 'content' } }, { namespace: ns });
+  const store = new ContentStore({
+    sql,
+    backend,
+    leases: {
+      add: async (ns, lease, resource) => void (await leases.addResource({ id: lease, resource }, { namespace: ns })),
+      remove: async (ns, lease, resource) => void (await leases.deleteResource({ id: lease, resource }, { namespace: ns })),
     },
     onDelete: (ns, digest) => publishEvent(bus, ns, '/content/delete', 'containerd.events.ContentDelete', evContent.ContentDelete, { digest }),
-  }, readChunk);
+  });
+  // Read replies carry at most this much data each, so one reply fits one bus batch.
+  const readChunk = Math.min(1024 * 1024, bus.chunkLimit - 1024);
+  const svc = new ContentService(store, readChunk);
 
   const nextSubject = instanceSubject('content', bus.instance, 'WriteNext');
   const encode = (r: fc.WriteStepReply) => fc.WriteStepReply.encode(r).finish();
@@ -44,7 +49,7 @@ void runApp('content', async ({ cfg, bus }) => {
     name: 'flotilla-content',
     version: FLOTILLA_VERSION,
     description: 'containerd content store (io.containerd.content.v1)',
-    metadata: { plugin_type: 'io.containerd.content.v1', plugin_id: 'content', backend: 'local' },
+    metadata: { plugin_type: 'io.containerd.content.v1', plugin_id: 'content', backend: backend.kind },
     endpoints: [
       ...endpointsFor(api.ContentDefinition, (m) => serviceSubject('content', m), {
         info: (req, ctx) => svc.info(req, ctx),

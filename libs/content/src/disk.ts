@@ -1,128 +1,30 @@
-// The local-disk content backend: content-addressed blobs and resumable ingests.
-// Layout under root:
-//   blobs/sha256/<hex>          committed blobs, read-only (0444), renamed in atomically
-//   ingest/<key>/data           bytes written so far
-//   ingest/<key>/ref            the client's ref (for listing)
-//   ingest/<key>/meta.json      {total, expected, startedAt}
-// A blob is visible only once rename has happened and both file and directory are fsynced,
-// so nothing that failed verification is ever listed.
-import { createHash, type Hash } from 'node:crypto';
+// The local-disk backend. Layout under root:
+//   blobs/sha256/<hex>       committed blobs, read-only (0444)
+//   ingest/<key>/data        bytes written so far
+//   ingest/<key>/meta.json   {ref, total, startedAt, updatedAt}, replaced atomically
+// A blob appears only by rename(2) of a fully written, fsynced and verified file, and
+// the directory is fsynced after it, so a crash never leaves a partial blob visible.
+// An ingest survives a restart: a new writer re-hashes its data and continues.
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import {
-  errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound, isNotFound,
-} from '@flotilla/errdefs';
+import type { Hash } from 'node:crypto';
+import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound } from '@flotilla/errdefs';
+import type { Backend, BlobStat, IngestStatus, IngestWriter } from './backend.js';
+import { preciseNow } from './clock.js';
+import { canonicalDigester, digestError, digestOf } from './digest.js';
 
-const DIGEST_RE = /^sha256:[a-f0-9]{64}$/;
-
-export function validateDigest(dgst: string): void {
-  if (!DIGEST_RE.test(dgst)) throw errInvalidArgument(`invalid digest ${JSON.stringify(dgst)}`);
-}
-
-export interface IngestStatus {
+interface IngestMeta {
   ref: string;
-  offset: number;
   total: number;
-  expected: string;
   startedAt: number;
   updatedAt: number;
 }
 
-function enoent(err: unknown): boolean {
-  return (err as NodeJS.ErrnoException)?.code === 'ENOENT';
-}
+const enoent = (err: unknown) => (err as NodeJS.ErrnoException)?.code === 'ENOENT';
 
-/** An open ingest: appends bytes while hashing them. One writer per ref at a time. */
-export class Ingest {
-  private hash: Hash;
-  constructor(
-    readonly store: DiskStore,
-    readonly key: string,
-    readonly ref: string,
-    private fh: fs.FileHandle,
-    public offset: number,
-    hash: Hash,
-    public total: number,
-    public expected: string,
-    readonly startedAt: number,
-    public updatedAt: number,
-  ) {
-    this.hash = hash;
-  }
-
-  get dir(): string {
-    return this.store.ingestDir(this.key);
-  }
-
-  digest(): string {
-    return 'sha256:' + this.hash.copy().digest('hex');
-  }
-
-  status(): IngestStatus {
-    return { ref: this.ref, offset: this.offset, total: this.total, expected: this.expected, startedAt: this.startedAt, updatedAt: this.updatedAt };
-  }
-
-  async write(data: Uint8Array): Promise<void> {
-    if (this.total > 0 && this.offset + data.length > this.total) {
-      throw errFailedPrecondition(`write of ${data.length} bytes at ${this.offset} exceeds expected size ${this.total}`);
-    }
-    let done = 0;
-    while (done < data.length) {
-      const { bytesWritten } = await this.fh.write(data, done, data.length - done, this.offset + done);
-      done += bytesWritten;
-    }
-    this.hash.update(data);
-    this.offset += data.length;
-    this.updatedAt = Date.now();
-  }
-
-  async truncate(size: number): Promise<void> {
-    if (size !== 0) throw errInvalidArgument('truncate is only supported to 0');
-    await this.fh.truncate(0);
-    this.hash = createHash('sha256');
-    this.offset = 0;
-    this.updatedAt = Date.now();
-  }
-
-  async saveMeta(): Promise<void> {
-    await fs.writeFile(path.join(this.dir, 'meta.json'), JSON.stringify({ total: this.total, expected: this.expected, startedAt: this.startedAt }));
-  }
-
-  /**
-   * Verifies size and digest, then moves the data into blobs/. Returns the digest.
-   * Throws AlreadyExists (after removing the ingest) when the blob is already there.
-   */
-  async commit(size: number, expected: string): Promise<{ digest: string; size: number }> {
-    if (size > 0 && size !== this.offset) {
-      throw errFailedPrecondition(`unexpected commit size ${this.offset}, expected ${size}`);
-    }
-    const dgst = this.digest();
-    if (expected && expected !== dgst) {
-      throw errFailedPrecondition(`unexpected commit digest ${dgst}, expected ${expected}`);
-    }
-    await this.fh.sync();
-    await this.fh.close();
-    const target = this.store.blobPath(dgst);
-    const exists = await fs.stat(target).then(() => true, (e) => (enoent(e) ? false : Promise.reject(e)));
-    if (exists) {
-      await fs.rm(this.dir, { recursive: true, force: true });
-      throw errAlreadyExists(`content ${dgst}`);
-    }
-    await fs.chmod(path.join(this.dir, 'data'), 0o444);
-    await fs.rename(path.join(this.dir, 'data'), target);
-    await fsyncDir(path.dirname(target));
-    await fs.rm(this.dir, { recursive: true, force: true });
-    return { digest: dgst, size: this.offset };
-  }
-
-  async close(): Promise<void> {
-    await this.fh.close().catch(() => {});
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.open(dir, 'r');
+async function fsyncPath(p: string): Promise<void> {
+  const fh = await fs.open(p, 'r');
   try {
     await fh.sync();
   } finally {
@@ -130,7 +32,109 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-export class DiskStore {
+/** Replaces `file` with `data` atomically and durably. */
+async function writeAtomic(file: string, data: string): Promise<void> {
+  const tmp = `${file}.tmp`;
+  const fh = await fs.open(tmp, 'w', 0o644);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, file);
+}
+
+class DiskIngestWriter implements IngestWriter {
+  private fh: fs.FileHandle | undefined;
+  constructor(
+    private readonly backend: DiskBackend,
+    private readonly dir: string,
+    private meta: IngestMeta,
+    fh: fs.FileHandle,
+    public offset: number,
+    private hash: Hash,
+  ) {
+    this.fh = fh;
+  }
+
+  status(): IngestStatus {
+    return { ref: this.meta.ref, offset: this.offset, total: this.meta.total, startedAt: this.meta.startedAt, updatedAt: this.meta.updatedAt };
+  }
+
+  digest(): string {
+    return digestOf(this.hash);
+  }
+
+  private handle(): fs.FileHandle {
+    if (!this.fh) throw errFailedPrecondition('cannot use a closed writer');
+    return this.fh;
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    const fh = this.handle();
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await fh.write(data, done, data.length - done, this.offset + done);
+      done += bytesWritten;
+    }
+    this.hash.update(data);
+    this.offset += data.length;
+    this.meta.updatedAt = preciseNow();
+  }
+
+  async truncate(size: number): Promise<void> {
+    if (size !== 0) throw errInvalidArgument('Truncate: unsupported size');
+    await this.handle().truncate(0);
+    this.hash = canonicalDigester();
+    this.offset = 0;
+  }
+
+  async commit(size: number, expected: string): Promise<{ digest: string; size: number }> {
+    const fh = this.handle();
+    this.fh = undefined;
+    let actualSize: number;
+    try {
+      await fh.sync();
+      actualSize = (await fh.stat()).size;
+    } finally {
+      await fh.close();
+    }
+    if (size > 0 && size !== actualSize) throw errFailedPrecondition(`unexpected commit size ${actualSize}, expected ${size}`);
+    const dgst = this.digest();
+    if (expected && expected !== dgst) throw errFailedPrecondition(`unexpected commit digest ${dgst}, expected ${expected}`);
+    const target = this.backend.blobPath(dgst);
+    const exists = await fs.stat(target).then(() => true, (e) => (enoent(e) ? false : Promise.reject(e)));
+    if (exists) {
+      await fs.rm(this.dir, { recursive: true, force: true });
+      throw errAlreadyExists(`content ${dgst}`);
+    }
+    const data = path.join(this.dir, 'data');
+    // Read-only before it is visible, so no one ever sees a writable blob.
+    await fs.chmod(data, 0o444);
+    await fs.rename(data, target);
+    await fsyncPath(path.dirname(target));
+    await fs.rm(this.dir, { recursive: true, force: true });
+    return { digest: dgst, size: actualSize };
+  }
+
+  async close(): Promise<void> {
+    const fh = this.fh;
+    if (!fh) return;
+    this.fh = undefined;
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await writeAtomic(path.join(this.dir, 'meta.json'), JSON.stringify(this.meta)).catch((e) => {
+      if (!enoent(e)) throw e; // aborted meanwhile
+    });
+  }
+}
+
+export class DiskBackend implements Backend {
+  readonly kind = 'local';
   constructor(readonly root: string) {}
 
   async init(): Promise<void> {
@@ -139,37 +143,29 @@ export class DiskStore {
   }
 
   blobPath(dgst: string): string {
-    validateDigest(dgst);
-    return path.join(this.root, 'blobs', 'sha256', dgst.slice('sha256:'.length));
+    const why = digestError(dgst);
+    if (why) throw errInvalidArgument(`cannot calculate blob path from invalid digest: ${why}`);
+    const [alg, hex] = dgst.split(':') as [string, string];
+    return path.join(this.root, 'blobs', alg, hex);
   }
 
-  ingestDir(key: string): string {
+  private ingestDir(key: string): string {
+    if (!/^[A-Za-z0-9_-]+$/.test(key)) throw errInvalidArgument(`invalid ingest key ${JSON.stringify(key)}`);
     return path.join(this.root, 'ingest', key);
   }
 
-  /** The ingest directory name for (namespace, ref): refs are client strings, so hash them. */
-  static ingestKey(namespace: string, ref: string): string {
-    return createHash('sha256').update(namespace).update('\0').update(ref).digest('hex');
-  }
-
-  async size(dgst: string): Promise<number> {
+  async stat(dgst: string): Promise<BlobStat> {
     try {
-      return (await fs.stat(this.blobPath(dgst))).size;
+      return { size: (await fs.stat(this.blobPath(dgst))).size };
     } catch (err) {
       if (enoent(err)) throw errNotFound(`content digest ${dgst}`);
       throw err;
     }
   }
 
-  async exists(dgst: string): Promise<boolean> {
-    return this.size(dgst).then(() => true, (e) => (isNotFound(e) ? false : Promise.reject(e)));
-  }
-
-  /** Reads [offset, offset+size) (size 0: to the end) in chunks of at most `chunk` bytes. */
-  async *read(dgst: string, offset: number, size: number, chunk: number): AsyncGenerator<{ offset: number; data: Buffer }> {
-    const total = await this.size(dgst);
-    if (offset < 0 || offset > total) throw errInvalidArgument(`offset ${offset} out of range for ${dgst} of size ${total}`);
-    const end = size > 0 ? Math.min(total, offset + size) : total;
+  async *read(dgst: string, offset: number, length: number, chunk: number): AsyncGenerator<{ offset: number; data: Uint8Array }> {
+    const { size } = await this.stat(dgst);
+    const end = length > 0 ? Math.min(size, offset + length) : size;
     if (end <= offset) return;
     let pos = offset;
     const stream = createReadStream(this.blobPath(dgst), { start: offset, end: end - 1, highWaterMark: chunk });
@@ -183,53 +179,65 @@ export class DiskStore {
     await fs.rm(this.blobPath(dgst), { force: true });
   }
 
-  /** Opens (creating or resuming) the ingest for a key; resuming re-hashes the bytes on disk. */
-  async openIngest(key: string, ref: string, total: number, expected: string): Promise<Ingest> {
-    const dir = this.ingestDir(key);
-    await fs.mkdir(dir, { recursive: true });
-    const dataPath = path.join(dir, 'data');
-    let meta = { total, expected, startedAt: Date.now() };
+  private async readMeta(dir: string): Promise<IngestMeta | undefined> {
     try {
-      meta = { ...meta, ...JSON.parse(await fs.readFile(path.join(dir, 'meta.json'), 'utf8')) };
+      return JSON.parse(await fs.readFile(path.join(dir, 'meta.json'), 'utf8')) as IngestMeta;
     } catch (err) {
-      if (!enoent(err)) throw err;
-      await fs.writeFile(path.join(dir, 'ref'), ref);
-    }
-    const fh = await fs.open(dataPath, 'a+').then(async (h) => {
-      await h.close();
-      return fs.open(dataPath, 'r+');
-    });
-    const hash = createHash('sha256');
-    let offset = 0;
-    const st = await fh.stat();
-    if (st.size > 0) {
-      for await (const buf of createReadStream('', { fd: fh.fd, autoClose: false, start: 0 }) as AsyncIterable<Buffer>) {
-        hash.update(buf);
-        offset += buf.length;
-      }
-    }
-    const ing = new Ingest(this, key, ref, fh, offset, hash, total || meta.total || 0, expected || meta.expected || '', meta.startedAt, st.mtimeMs || Date.now());
-    await ing.saveMeta();
-    return ing;
-  }
-
-  async statIngest(key: string): Promise<IngestStatus> {
-    const dir = this.ingestDir(key);
-    try {
-      const [ref, metaRaw, st] = await Promise.all([
-        fs.readFile(path.join(dir, 'ref'), 'utf8'),
-        fs.readFile(path.join(dir, 'meta.json'), 'utf8').catch(() => '{}'),
-        fs.stat(path.join(dir, 'data')),
-      ]);
-      const meta = JSON.parse(metaRaw);
-      return { ref, offset: st.size, total: meta.total ?? 0, expected: meta.expected ?? '', startedAt: meta.startedAt ?? st.birthtimeMs, updatedAt: st.mtimeMs };
-    } catch (err) {
-      if (enoent(err)) throw errNotFound(`ingest`);
+      if (enoent(err) || err instanceof SyntaxError) return undefined;
       throw err;
     }
   }
 
-  async abortIngest(key: string): Promise<void> {
-    await fs.rm(this.ingestDir(key), { recursive: true, force: true });
+  async writer(key: string, ref: string, total: number): Promise<IngestWriter> {
+    const dir = this.ingestDir(key);
+    await fs.mkdir(dir, { recursive: true });
+    const dataPath = path.join(dir, 'data');
+    let meta = await this.readMeta(dir);
+    // As containerd's local store: an ingest for another ref or another total is not
+    // resumable; start over.
+    const resumable = meta !== undefined && meta.ref === ref && !(total > 0 && meta.total > 0 && total !== meta.total);
+    const fh = await fs.open(dataPath, resumable ? 'a+' : 'w+');
+    await fh.close();
+    const rw = await fs.open(dataPath, 'r+');
+    const hash = canonicalDigester();
+    let offset = 0;
+    try {
+      if (resumable) {
+        const st = await rw.stat();
+        for await (const buf of createReadStream('', { fd: rw.fd, autoClose: false, start: 0, highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+          hash.update(buf);
+          offset += buf.length;
+        }
+        meta = { ...meta!, total: meta!.total || total, updatedAt: Math.max(meta!.updatedAt, st.mtimeMs) };
+      } else {
+        const now = preciseNow();
+        meta = { ref, total, startedAt: now, updatedAt: now };
+      }
+      await writeAtomic(path.join(dir, 'meta.json'), JSON.stringify(meta));
+    } catch (err) {
+      await rw.close();
+      throw err;
+    }
+    return new DiskIngestWriter(this, dir, meta, rw, offset, hash);
+  }
+
+  async ingestStatus(key: string): Promise<IngestStatus> {
+    const dir = this.ingestDir(key);
+    try {
+      const [meta, st] = await Promise.all([this.readMeta(dir), fs.stat(path.join(dir, 'data'))]);
+      if (!meta) throw errNotFound(`ingest ${key}`);
+      // After a crash the data file is newer than the last saved meta.
+      return { ref: meta.ref, offset: st.size, total: meta.total, startedAt: meta.startedAt, updatedAt: Math.max(meta.updatedAt, st.mtimeMs) };
+    } catch (err) {
+      if (enoent(err)) throw errNotFound(`ingest ${key}`);
+      throw err;
+    }
+  }
+
+  async abort(key: string): Promise<void> {
+    const dir = this.ingestDir(key);
+    const exists = await fs.stat(dir).then(() => true, (e) => (enoent(e) ? false : Promise.reject(e)));
+    if (!exists) throw errNotFound(`ingest ref ${JSON.stringify(key)}`);
+    await fs.rm(dir, { recursive: true, force: true });
   }
 }

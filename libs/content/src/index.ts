@@ -1,6 +1,15 @@
-// @flotilla/content: containerd's content store — local disk backend, PostgreSQL
-// namespace records, and the service implementing containerd's Content API.
-export { DiskStore, Ingest, validateDigest } from './disk.js';
-export type { IngestStatus } from './disk.js';
-export { ContentService, contentMigrations } from './service.js';
-export type { ContentHooks } from './service.js';
+// @flotilla/content: containerd's content store. A blob Backend (role interfaces after
+// containerd's Provider / Ingester; the local disk one here), the namespaced store over
+// PostgreSQL (containerd's metadata content store), and the Content API service.
+
+// Backend role interfaces and the local disk backend.
+export type { Backend, Provider, Ingester, Deleter, IngestWriter, IngestStatus, BlobStat } from './backend.js';
+export { DiskBackend } from './disk.js';
+// The namespaced store: labels, leases, ingest records, the blob lock.
+export { ContentStore, contentMigrations, ingestKey, CONTENT_BLOB_LOCK } from './store.js';
+export type { ContentStoreOptions, LeaseRecorder, LeaseResource, Info, Status, Descriptor, Writer } from './store.js';
+// The containerd Content API over a ContentStore.
+export { ContentService } from './service.js';
+// go-digest's validation and the sub-millisecond wall clock stamps are made with.
+export { digestError } from './digest.js';
+export { preciseNow } from './clock.js';

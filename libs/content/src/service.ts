@@ -1,320 +1,221 @@
-// containerd's content service over a backend (local disk) and PostgreSQL metadata.
-// Blobs are stored once; each namespace sees only the digests recorded for it in
-// content_blobs, as containerd's metadata store keeps per-namespace buckets.
+// containerd's content gRPC service (services/content/contentserver) over ContentStore:
+// request validation, proto <-> domain, and the Write protocol. The bidirectional Write
+// stream reaches this process as a session of unary steps (see proto/flotilla/content.proto):
+// writeOpen for the first message, writeNext for each later one, writeClose when the
+// client's stream ends.
 import { randomUUID } from 'node:crypto';
 import { content as api, toTimestamp } from '@flotilla/api';
 import type { CallContext } from '@flotilla/bus';
-import { errAlreadyExists, errInvalidArgument, errNotFound, errUnavailable, ContainerdError, ErrorClass, isAlreadyExists } from '@flotilla/errdefs';
-import { namespaceRequired, validateLabels } from '@flotilla/identifiers';
-import type { Sql } from '@flotilla/db';
-import { DiskStore, type Ingest, validateDigest } from './disk.js';
-
-export const contentMigrations = [
-  `CREATE TABLE content_blobs (
-     namespace text NOT NULL,
-     digest text NOT NULL,
-     size bigint NOT NULL,
-     labels jsonb NOT NULL DEFAULT '{}',
-     created_at timestamptz NOT NULL DEFAULT now(),
-     updated_at timestamptz NOT NULL DEFAULT now(),
-     PRIMARY KEY (namespace, digest))`,
-  `CREATE TABLE content_ingests (
-     namespace text NOT NULL,
-     ref text NOT NULL,
-     key text NOT NULL,
-     PRIMARY KEY (namespace, ref))`,
-];
-
-export interface ContentHooks {
-  /** Called after a commit under a lease (containerd adds the blob to the lease). */
-  onCommit?: (namespace: string, lease: string, digest: string) => Promise<void>;
-  onDelete?: (namespace: string, digest: string) => void;
-}
+import { ContainerdError, ErrorClass, errInvalidArgument, errUnavailable, withClass } from '@flotilla/errdefs';
+import { digestError } from './digest.js';
+import type { ContentStore, Info, Status, Writer } from './store.js';
 
 interface WriteSession {
   id: string;
-  ns: string;
   ref: string;
+  writer: Writer;
+  /** containerd reuses one response message for the whole stream; fields carry over. */
+  msg: api.WriteContentResponse;
   total: number;
   expected: string;
-  ingest: Ingest;
-  timer: NodeJS.Timeout;
+  timer: NodeJS.Timeout | undefined;
 }
 
+/** A session the client stopped talking to is closed (ingest kept) after this long. */
 const SESSION_IDLE_MS = 60_000;
+/** containerd's List sends blocks of this many infos. */
+const LIST_BLOCK = 100;
 
-function toInfo(r: { digest: string; size: string | number; labels: Record<string, string>; created_at: Date; updated_at: Date }): api.Info {
+function invalid(msg: string): ContainerdError {
+  // status.Errorf(codes.InvalidArgument, ...) in containerd: the text carries no class suffix.
+  return withClass(ErrorClass.InvalidArgument, msg);
+}
+
+function toInfo(i: Info, withUpdated = true): api.Info {
   return {
-    digest: r.digest,
-    size: Number(r.size),
-    labels: r.labels ?? {},
-    createdAt: toTimestamp(r.created_at),
-    updatedAt: toTimestamp(r.updated_at),
+    digest: i.digest,
+    size: i.size,
+    labels: i.labels,
+    createdAt: toTimestamp(i.createdAt),
+    updatedAt: withUpdated ? toTimestamp(i.updatedAt) : undefined,
   };
+}
+
+function toStatus(s: Status): api.Status {
+  return { ref: s.ref, offset: s.offset, total: s.total, expected: s.expected, startedAt: toTimestamp(s.startedAt), updatedAt: toTimestamp(s.updatedAt) };
 }
 
 export class ContentService {
   private readonly sessions = new Map<string, WriteSession>();
-  /** Ingest key -> session id holding it; a second writer gets Unavailable and retries. */
-  private readonly locks = new Map<string, string>();
 
   constructor(
-    private readonly sql: Sql,
-    readonly disk: DiskStore,
-    private readonly hooks: ContentHooks = {},
+    private readonly store: ContentStore,
     /** Largest data chunk per Read reply. */
     private readonly readChunk = 1024 * 1024,
   ) {}
 
-  private async row(ns: string, dgst: string) {
-    const rows = await this.sql`SELECT digest, size, labels, created_at, updated_at FROM content_blobs WHERE namespace = ${ns} AND digest = ${dgst}`;
-    if (rows.length === 0) throw errNotFound(`content digest ${dgst}`);
-    return rows[0] as any;
-  }
-
   async info(req: api.InfoRequest, ctx: CallContext): Promise<api.InfoResponse> {
-    const ns = namespaceRequired(ctx);
-    validateDigest(req.digest);
-    return { info: toInfo(await this.row(ns, req.digest)) };
+    if (digestError(req.digest)) throw invalid(`${JSON.stringify(req.digest)} failed validation`);
+    return { info: toInfo(await this.store.info(ctx, req.digest)) };
   }
 
   async update(req: api.UpdateRequest, ctx: CallContext): Promise<api.UpdateResponse> {
-    const ns = namespaceRequired(ctx);
-    const info = req.info;
-    if (!info) throw errInvalidArgument('info is required');
-    validateDigest(info.digest);
-    validateLabels(info.labels);
-    const cur = await this.row(ns, info.digest);
-    let labels: Record<string, string> = { ...cur.labels };
-    const paths = req.updateMask ?? [];
-    if (paths.length === 0) {
-      labels = { ...info.labels };
-    } else {
-      for (const p of paths) {
-        if (p === 'labels') labels = { ...info.labels };
-        else if (p.startsWith('labels.')) {
-          const k = p.slice('labels.'.length);
-          if (info.labels[k] !== undefined && info.labels[k] !== '') labels[k] = info.labels[k]!;
-          else delete labels[k];
-        } else throw errInvalidArgument(`cannot update ${JSON.stringify(p)} field on content info ${JSON.stringify(info.digest)}`);
-      }
-    }
-    const rows = await this.sql`UPDATE content_blobs SET labels = ${this.sql.json(labels)}, updated_at = now()
-      WHERE namespace = ${ns} AND digest = ${info.digest} RETURNING digest, size, labels, created_at, updated_at`;
-    if (rows.length === 0) throw errNotFound(`content digest ${info.digest}`);
-    return { info: toInfo(rows[0] as any) };
+    const digest = req.info?.digest ?? '';
+    if (digestError(digest)) throw invalid(`${JSON.stringify(digest)} failed validation`);
+    const info = await this.store.update(ctx, { digest, labels: req.info?.labels ?? {} }, req.updateMask ?? []);
+    return { info: toInfo(info) };
   }
 
   async *list(req: api.ListContentRequest, ctx: CallContext): AsyncGenerator<api.ListContentResponse> {
-    const ns = namespaceRequired(ctx);
-    // TODO(filters): containerd's filter language lands with the filters lib (issue 3).
-    void req;
-    let after = '';
-    for (;;) {
-      const rows = await this.sql`SELECT digest, size, labels, created_at, updated_at FROM content_blobs
-        WHERE namespace = ${ns} AND digest > ${after} ORDER BY digest LIMIT 500`;
-      if (rows.length === 0) return;
-      yield { info: rows.map((r) => toInfo(r as any)) };
-      after = rows[rows.length - 1]!.digest;
+    let block: api.Info[] = [];
+    for await (const info of this.store.walk(ctx, req.filters)) {
+      // containerd's List leaves updated_at out.
+      block.push(toInfo(info, false));
+      if (block.length >= LIST_BLOCK) {
+        yield { info: block };
+        block = [];
+      }
     }
+    if (block.length > 0) yield { info: block };
   }
 
   async delete(req: api.DeleteContentRequest, ctx: CallContext): Promise<Record<string, never>> {
-    const ns = namespaceRequired(ctx);
-    validateDigest(req.digest);
-    const rows = await this.sql`DELETE FROM content_blobs WHERE namespace = ${ns} AND digest = ${req.digest} RETURNING digest`;
-    if (rows.length === 0) throw errNotFound(`content digest ${req.digest}`);
-    // The blob itself goes when no namespace references it any more (GC's job in full;
-    // here: immediately, since nothing else can reach it).
-    const left = await this.sql`SELECT 1 FROM content_blobs WHERE digest = ${req.digest} LIMIT 1`;
-    if (left.length === 0) await this.disk.delete(req.digest);
-    this.hooks.onDelete?.(ns, req.digest);
+    const why = digestError(req.digest);
+    if (why) throw invalid(why);
+    await this.store.delete(ctx, req.digest);
     return {};
   }
 
   async *read(req: api.ReadContentRequest, ctx: CallContext): AsyncGenerator<api.ReadContentResponse> {
-    const ns = namespaceRequired(ctx);
-    validateDigest(req.digest);
-    await this.row(ns, req.digest);
-    for await (const c of this.disk.read(req.digest, req.offset, req.size, this.readChunk)) yield c;
+    const why = digestError(req.digest);
+    if (why) throw invalid(`${req.digest}: ${why}`);
+    const info = await this.store.info(ctx, req.digest);
+    const offset = Math.max(0, req.offset);
+    if (offset > info.size) throw new ContainerdError(ErrorClass.OutOfRange, `read past object length ${info.size} bytes`);
+    let size = req.size;
+    if (size <= 0 || offset + size > info.size) size = info.size - offset;
+    if (size === 0) return;
+    for await (const c of this.store.backend.read(req.digest, offset, size, this.readChunk)) yield { offset: c.offset, data: c.data as Buffer };
   }
 
   async status(req: api.StatusRequest, ctx: CallContext): Promise<api.StatusResponse> {
-    const ns = namespaceRequired(ctx);
-    const st = await this.disk.statIngest(DiskStore.ingestKey(ns, req.ref)).catch((e) => {
-      throw new ContainerdError(ErrorClass.NotFound, `ref ${req.ref}: not found`, { cause: e });
-    });
-    return { status: toStatus(st) };
+    try {
+      return { status: toStatus(await this.store.status(ctx, req.ref)) };
+    } catch (err) {
+      if (err instanceof ContainerdError) throw new ContainerdError(err.errorClass, `could not get status for ref ${JSON.stringify(req.ref)}: ${err.message}`, { cause: err });
+      throw err;
+    }
   }
 
-  async listStatuses(_req: api.ListStatusesRequest, ctx: CallContext): Promise<api.ListStatusesResponse> {
-    const ns = namespaceRequired(ctx);
-    const rows = await this.sql`SELECT ref, key FROM content_ingests WHERE namespace = ${ns} ORDER BY ref`;
-    const statuses: api.Status[] = [];
-    for (const r of rows) {
-      const st = await this.disk.statIngest(r.key).catch(() => undefined);
-      if (st) statuses.push(toStatus(st));
-    }
-    return { statuses };
+  async listStatuses(req: api.ListStatusesRequest, ctx: CallContext): Promise<api.ListStatusesResponse> {
+    return { statuses: (await this.store.listStatuses(ctx, req.filters)).map(toStatus) };
   }
 
   async abort(req: api.AbortRequest, ctx: CallContext): Promise<Record<string, never>> {
-    const ns = namespaceRequired(ctx);
-    const key = DiskStore.ingestKey(ns, req.ref);
-    const rows = await this.sql`DELETE FROM content_ingests WHERE namespace = ${ns} AND ref = ${req.ref} RETURNING key`;
-    if (rows.length === 0) throw errNotFound(`ref ${req.ref}`);
-    if (this.locks.has(key)) throw errUnavailable(`ref ${req.ref} locked`);
-    await this.disk.abortIngest(key);
+    await this.store.abort(ctx, req.ref);
     return {};
   }
 
-  // ---- Write: one bidirectional gRPC stream becomes a session of unary steps ----
+  // ---- Write ----
 
-  /**
-   * First message of a Write stream. Returns the session id that later steps name, and
-   * the reply to this message. Mirrors containerd's contentserver.Write.
-   */
+  /** The first message of a Write stream: opens the writer (holding the ref) and answers it. */
   async writeOpen(req: api.WriteContentRequest, ctx: CallContext): Promise<{ session: string; reply: api.WriteContentResponse; done: boolean }> {
-    const ns = namespaceRequired(ctx);
-    if (!req.ref) throw errInvalidArgument('first message must have a reference');
-    if (req.expected) {
-      validateDigest(req.expected);
-      const have = await this.sql`SELECT 1 FROM content_blobs WHERE namespace = ${ns} AND digest = ${req.expected}`;
-      if (have.length > 0) {
-        if (ctx.lease) await this.hooks.onCommit?.(ns, ctx.lease, req.expected);
-        throw errAlreadyExists(`content ${req.expected}`);
-      }
-    }
-    const key = DiskStore.ingestKey(ns, req.ref);
-    if (this.locks.has(key)) throw errUnavailable(`ref ${req.ref} locked`);
-    const id = randomUUID();
-    this.locks.set(key, id);
-    try {
-      await this.sql`INSERT INTO content_ingests (namespace, ref, key) VALUES (${ns}, ${req.ref}, ${key}) ON CONFLICT DO NOTHING`;
-      const ingest = await this.disk.openIngest(key, req.ref, req.total, req.expected);
-      const s: WriteSession = { id, ns, ref: req.ref, total: req.total || ingest.total, expected: req.expected || ingest.expected, ingest, timer: undefined as never };
-      this.sessions.set(id, s);
-      this.touch(s);
-      const { reply, done } = await this.step(s, req, ctx);
-      return { session: id, reply, done };
-    } catch (err) {
-      await this.writeClose(id);
-      this.locks.delete(key);
-      throw err;
-    }
+    if (!req.ref) throw invalid('first message must have a reference');
+    const writer = await this.store.writer(ctx, req.ref, { size: req.total, digest: req.expected });
+    const s: WriteSession = {
+      id: randomUUID(),
+      ref: req.ref,
+      writer,
+      msg: api.WriteContentResponse.fromPartial({}),
+      total: req.total,
+      expected: req.expected,
+      timer: undefined,
+    };
+    this.sessions.set(s.id, s);
+    const r = await this.next(s, req, ctx);
+    return { session: s.id, ...r };
   }
 
-  /** A later message of the stream. An error ends the session, as it ends containerd's stream. */
+  /** A later message. An error ends the session, as it ends containerd's stream. */
   async writeNext(session: string, req: api.WriteContentRequest, ctx: CallContext): Promise<{ reply: api.WriteContentResponse; done: boolean }> {
     const s = this.sessions.get(session);
     if (!s) throw errUnavailable('write session expired or unknown');
-    this.touch(s);
+    return this.next(s, req, ctx);
+  }
+
+  private async next(s: WriteSession, req: api.WriteContentRequest, ctx: CallContext): Promise<{ reply: api.WriteContentResponse; done: boolean }> {
+    if (s.timer) clearTimeout(s.timer);
     try {
-      const r = await this.step(s, req, ctx);
-      if (r.done) await this.writeClose(session);
-      return r;
+      const done = await this.step(s, req, ctx);
+      const reply = api.WriteContentResponse.fromPartial(s.msg);
+      if (done) await this.writeClose(s.id);
+      else s.timer = setTimeout(() => void this.writeClose(s.id), SESSION_IDLE_MS).unref();
+      return { reply, done };
     } catch (err) {
-      await this.writeClose(session);
+      await this.writeClose(s.id);
       throw err;
     }
   }
 
-  /** Ends a session (client closed its stream); the ingest stays on disk for resumption. */
+  /** The client closed its stream (or went away): release the ref; the ingest stays. */
   async writeClose(session: string): Promise<void> {
     const s = this.sessions.get(session);
     if (!s) return;
     this.sessions.delete(session);
-    clearTimeout(s.timer);
-    const key = DiskStore.ingestKey(s.ns, s.ref);
-    if (this.locks.get(key) === session) this.locks.delete(key);
-    await s.ingest.close();
+    if (s.timer) clearTimeout(s.timer);
+    await s.writer.close();
   }
 
-  private touch(s: WriteSession): void {
-    clearTimeout(s.timer);
-    s.timer = setTimeout(() => void this.writeClose(s.id), SESSION_IDLE_MS).unref();
-  }
-
-  private async step(s: WriteSession, req: api.WriteContentRequest, ctx: CallContext): Promise<{ reply: api.WriteContentResponse; done: boolean }> {
-    const w = s.ingest;
-    const reply: api.WriteContentResponse = {
-      action: req.action, startedAt: undefined, updatedAt: undefined, offset: w.offset, total: 0, digest: '',
-    };
+  /** One iteration of containerd's contentserver Write loop; true when committed. */
+  private async step(s: WriteSession, req: api.WriteContentRequest, ctx: CallContext): Promise<boolean> {
+    const { msg, writer } = s;
+    msg.action = req.action;
+    const ws = writer.status();
+    msg.offset = ws.offset;
     if (req.expected) {
-      validateDigest(req.expected);
       s.expected = req.expected;
-      const have = await this.sql`SELECT 1 FROM content_blobs WHERE namespace = ${s.ns} AND digest = ${req.expected}`;
-      if (have.length > 0) {
-        await this.writeClose(s.id);
-        await this.abortQuietly(s);
-        throw errAlreadyExists(`blob with expected digest ${req.expected} exists`);
+      const present = await this.store.info(ctx, req.expected).then(() => true, () => false);
+      if (present) {
+        await writer.close();
+        await this.store.abort(ctx, s.ref).catch(() => {});
+        throw withClass(ErrorClass.AlreadyExists, `blob with expected digest ${req.expected} exists`);
       }
     }
     if (req.total > 0) s.total = req.total;
     switch (req.action) {
       case api.WriteAction.STAT:
-        reply.digest = w.digest();
-        reply.startedAt = toTimestamp(w.startedAt);
-        reply.updatedAt = toTimestamp(w.updatedAt);
-        reply.total = s.total;
-        return { reply, done: false };
+        msg.digest = writer.digest();
+        msg.startedAt = toTimestamp(ws.startedAt);
+        msg.updatedAt = toTimestamp(ws.updatedAt);
+        msg.total = s.total;
+        return false;
       case api.WriteAction.WRITE:
       case api.WriteAction.COMMIT: {
-        if (req.offset > 0 && req.offset !== w.offset) {
-          throw new ContainerdError(ErrorClass.OutOfRange, `write @${req.offset} must occur at current offset ${w.offset}`);
+        if (req.offset > 0 && req.offset !== ws.offset) {
+          throw withClass(ErrorClass.OutOfRange, `write @${req.offset} must occur at current offset ${ws.offset}`);
         }
-        if (req.offset === 0 && w.offset > 0) {
-          await w.truncate(0);
-          reply.offset = 0;
+        if (req.offset === 0 && ws.offset > 0) {
+          await writer.truncate(0);
+          msg.offset = 0;
         }
         if (req.data.length > 0) {
-          w.total = s.total;
-          await w.write(req.data);
-          reply.offset = w.offset;
+          await writer.write(req.data);
+          msg.offset += req.data.length;
         }
         if (req.action === api.WriteAction.COMMIT) {
-          validateLabels(req.labels);
-          await this.commit(s, req.labels, ctx);
-          reply.digest = w.digest();
-          return { reply, done: true };
+          await writer.commit(s.total, s.expected, req.labels);
+          msg.digest = writer.digest();
+          return true;
         }
-        reply.digest = w.digest();
-        return { reply, done: false };
+        msg.digest = writer.digest();
+        return false;
       }
       default:
         throw errInvalidArgument(`unknown write action ${req.action}`);
     }
   }
 
-  private async commit(s: WriteSession, labels: Record<string, string>, ctx: CallContext): Promise<void> {
-    let dgst: string;
-    let size: number;
-    try {
-      ({ digest: dgst, size } = await s.ingest.commit(s.total, s.expected));
-    } catch (err) {
-      // Already in the backend (another namespace committed it): the blob is shared,
-      // this namespace gets its own record — containerd's shared content policy.
-      if (!isAlreadyExists(err)) throw err;
-      dgst = s.ingest.digest();
-      size = s.ingest.offset;
-    }
-    await this.sql`DELETE FROM content_ingests WHERE namespace = ${s.ns} AND ref = ${s.ref}`;
-    const rows = await this.sql`INSERT INTO content_blobs (namespace, digest, size, labels)
-      VALUES (${s.ns}, ${dgst}, ${size}, ${this.sql.json(labels ?? {})}) ON CONFLICT DO NOTHING RETURNING digest`;
-    if (ctx.lease) await this.hooks.onCommit?.(s.ns, ctx.lease, dgst);
-    if (rows.length === 0) throw errAlreadyExists(`content ${dgst}`);
-  }
-
-  private async abortQuietly(s: WriteSession): Promise<void> {
-    await this.sql`DELETE FROM content_ingests WHERE namespace = ${s.ns} AND ref = ${s.ref}`;
-    await this.disk.abortIngest(DiskStore.ingestKey(s.ns, s.ref));
-  }
-
   async close(): Promise<void> {
-    for (const id of [...this.sessions.keys()]) await this.writeClose(id);
+    for (const id of [...this.sessions.keys()]) await this.writeClose(id).catch(() => {});
   }
-}
-
-function toStatus(st: { ref: string; offset: number; total: number; expected: string; startedAt: number; updatedAt: number }): api.Status {
-  return { ref: st.ref, offset: st.offset, total: st.total, expected: st.expected, startedAt: toTimestamp(st.startedAt), updatedAt: toTimestamp(st.updatedAt) };
 }
