@@ -130,7 +130,13 @@ async function main(): Promise<void> {
   log('starting flotilla and containerd');
   const started = await Promise.allSettled([startFlotilla({ env: flotillaEnv }), startContainerd()]);
   const stops = started.filter((s): s is PromiseFulfilledResult<Side> => s.status === 'fulfilled').map((s) => s.value);
-  const sampler = new PeakSampler(new Map(stops.map((s) => [s.name, () => s.processes()])));
+  // Ctrl-C or SIGTERM: stop both sides (no daemon, shim or mount left behind), then exit.
+  const onSignal = (sig: NodeJS.Signals) => {
+    log(`${sig}: stopping both sides`);
+    void Promise.all(stops.map((s) => s.stop().catch(() => {}))).finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+  };
+  process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+  const sampler = new PeakSampler(new Map(stops.map((s) => [s.name, (table) => s.processes(table)])));
   try {
     for (const s of started) if (s.status === 'rejected') throw s.reason;
     const sides = Object.fromEntries(stops.map((s) => [s.name, s])) as Record<SideName, Side>;

@@ -1,6 +1,7 @@
 // Resident memory of everything one side started, read from /proc: per process VmRSS
 // (now) and VmHWM (peak since it started), and Pss (shared pages split between sharers,
 // so PostgreSQL's shared buffers are not counted once per backend) for the totals.
+import { readdirSync, readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 
 export interface ProcGroup {
@@ -50,17 +51,48 @@ export function total(groups: readonly GroupMemory[]): { rssKiB: number; pssKiB:
   return groups.reduce((a, g) => ({ rssKiB: a.rssKiB + g.rssKiB, pssKiB: a.pssKiB + g.pssKiB, hwmKiB: a.hwmKiB + g.hwmKiB }), { rssKiB: 0, pssKiB: 0, hwmKiB: 0 });
 }
 
-/** Every /proc entry's argv (NUL-split) and parent pid. */
-export async function processTable(): Promise<{ pid: number; ppid: number; argv: string[] }[]> {
-  const out: { pid: number; ppid: number; argv: string[] }[] = [];
-  for (const e of await fs.readdir('/proc').catch(() => [] as string[])) {
+export interface ProcEntry {
+  pid: number;
+  ppid: number;
+  argv: string[];
+}
+
+/**
+ * Every /proc entry's argv and parent pid. Read synchronously: a few hundred tiny reads
+ * take milliseconds this way, and hundreds of milliseconds of CPU as promises, which the
+ * sampler would take from the systems it measures.
+ */
+export function processTable(): ProcEntry[] {
+  const out: ProcEntry[] = [];
+  let entries: string[] = [];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return out;
+  }
+  for (const e of entries) {
     if (!/^\d+$/.test(e)) continue;
-    const [cmdline, stat] = await Promise.all([fs.readFile(`/proc/${e}/cmdline`, 'utf8').catch(() => ''), fs.readFile(`/proc/${e}/stat`, 'utf8').catch(() => '')]);
-    if (!stat) continue;
-    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-    out.push({ pid: Number(e), ppid, argv: cmdline.split('\0').filter(Boolean) });
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'latin1');
+      const cmdline = readFileSync(`/proc/${e}/cmdline`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      out.push({ pid: Number(e), ppid, argv: cmdline.split('\0').filter(Boolean) });
+    } catch {
+      // gone meanwhile
+    }
   }
   return out;
+}
+
+/** Runtime v2 shims started with `-address <grpcAddress>` (one side's shims). */
+export function shimsOf(table: readonly ProcEntry[], grpcAddress: string): number[] {
+  return table
+    .filter((p) => {
+      if (!(p.argv[0] ?? '').split('/').pop()!.startsWith('containerd-shim')) return false;
+      const i = p.argv.indexOf('-address');
+      return i > 0 && p.argv[i + 1] === grpcAddress;
+    })
+    .map((p) => p.pid);
 }
 
 /** `pid` and all its descendants in `table`. */
@@ -71,7 +103,7 @@ export function withDescendants(table: readonly { pid: number; ppid: number }[],
 }
 
 /**
- * Samples each side's groups every `intervalMs` and keeps the largest simultaneous total
+ * Samples each side's groups every `intervalMs` (one /proc scan per tick) and keeps the largest simultaneous total
  * (RSS and PSS), which catches short-lived shims that VmHWM of surviving processes misses.
  */
 export class PeakSampler {
@@ -79,7 +111,7 @@ export class PeakSampler {
   private busy = false;
   readonly peak = new Map<string, { rssKiB: number; pssKiB: number; at: string }>();
 
-  constructor(private readonly sides: Map<string, () => Promise<ProcGroup[]>>, private readonly intervalMs = 1000) {}
+  constructor(private readonly sides: Map<string, (table: ProcEntry[]) => Promise<ProcGroup[]>>, private readonly intervalMs = 2000) {}
 
   start(): void {
     this.timer = setInterval(() => void this.sample(), this.intervalMs);
@@ -90,8 +122,9 @@ export class PeakSampler {
     if (this.busy) return;
     this.busy = true;
     try {
+      const table = processTable();
       for (const [name, groups] of this.sides) {
-        const t = total(await measureGroups(await groups()));
+        const t = total(await measureGroups(await groups(table)));
         const p = this.peak.get(name);
         if (!p || t.rssKiB > p.rssKiB) this.peak.set(name, { rssKiB: t.rssKiB, pssKiB: Math.max(t.pssKiB, p?.pssKiB ?? 0), at: new Date().toISOString() });
         else if (t.pssKiB > p.pssKiB) p.pssKiB = t.pssKiB;

@@ -31,7 +31,7 @@ export interface SideMemory {
   /** After start-up, the busybox import and one warm-up run, settled. */
   idle: GroupMemory[];
   idleTotal: { rssKiB: number; pssKiB: number };
-  /** Largest simultaneous total seen by the 1 s sampler during the workloads. */
+  /** Largest simultaneous total seen by the 2 s sampler during the workloads. */
   peakSampled: { rssKiB: number; pssKiB: number };
   /** At the end of the run: VmHWM (peak since each process started) per group. */
   end: GroupMemory[];
@@ -99,7 +99,7 @@ export function markdown(res: BenchResults, svgName: string): string {
   }
   const mem = res.memory;
   out.push('', '### Memory', '');
-  out.push(`Idle: after start-up, the busybox import and one warm-up run. Peak: the largest simultaneous total seen by a 1 s sampler during the workloads (shims included). PSS splits shared pages among the processes sharing them (PostgreSQL's shared buffers, node's shared libraries).`, '');
+  out.push(`Idle: after start-up, the busybox import and one warm-up run. Peak: the largest simultaneous total seen by a 2 s sampler during the workloads (shims included). PSS splits shared pages among the processes sharing them (PostgreSQL's shared buffers, node's shared libraries).`, '');
   out.push('| | idle RSS | idle PSS | peak RSS (sampled) | ratio idle RSS | ratio idle PSS | ratio peak RSS |', '|---|---|---|---|---|---|---|');
   out.push(`| flotilla | ${fmtMiB(mem.flotilla.idleTotal.rssKiB)} | ${fmtMiB(mem.flotilla.idleTotal.pssKiB)} | ${fmtMiB(mem.flotilla.peakSampled.rssKiB)} | ${mem.ratio.idleRss.toFixed(2)} | ${mem.ratio.idlePss.toFixed(2)} | ${mem.ratio.peakRss.toFixed(2)} |`);
   out.push(`| containerd | ${fmtMiB(mem.containerd.idleTotal.rssKiB)} | ${fmtMiB(mem.containerd.idleTotal.pssKiB)} | ${fmtMiB(mem.containerd.peakSampled.rssKiB)} | | | |`, '');

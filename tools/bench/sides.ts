@@ -2,9 +2,8 @@
 // FLOTILLA_HOME) and Debian's containerd 1.6.20 (private root and socket, CRI off).
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { shimPids } from '@flotilla/launcher';
 import { startReferenceContainerd, startStack, type CtrOptions, type CtrResult } from '@flotilla/testing';
-import { processTable, withDescendants, type ProcGroup } from './memory.js';
+import { processTable, shimsOf, withDescendants, type ProcEntry, type ProcGroup } from './memory.js';
 
 export type SideName = 'flotilla' | 'containerd';
 export const SIDES: readonly SideName[] = ['flotilla', 'containerd'];
@@ -13,9 +12,12 @@ export interface Side {
   name: SideName;
   socket: string;
   ctr(args: string[], opts?: CtrOptions): Promise<CtrResult>;
-  /** Every process this side runs now, grouped as the memory report lists them. */
-  processes(): Promise<ProcGroup[]>;
+  /** Every process this side runs now, grouped as the memory report lists them (from `table`, or a fresh scan of /proc). */
+  processes(table?: ProcEntry[]): Promise<ProcGroup[]>;
   stop(): Promise<void>;
+  /** flotilla only: its servers, for tools that look inside (roundtrips.ts). */
+  natsUrl?: string;
+  databaseUrl?: string;
 }
 
 export async function startFlotilla(opts: { env?: NodeJS.ProcessEnv } = {}): Promise<Side> {
@@ -25,14 +27,15 @@ export async function startFlotilla(opts: { env?: NodeJS.ProcessEnv } = {}): Pro
   return {
     name: 'flotilla',
     socket: stack.socket,
+    natsUrl: stack.env.NATS_URL,
+    databaseUrl: stack.env.DATABASE_URL,
     ctr: stack.ctr,
-    async processes() {
-      const table = await processTable();
+    async processes(table = processTable()) {
       const groups: ProcGroup[] = Object.entries(stack.supervisor.pids()).map(([app, pid]) => ({ name: app, pids: [pid!] }));
       groups.push({ name: 'nats-server', pids: table.filter((p) => path.basename(p.argv[0] ?? '') === 'nats-server' && p.argv.includes(natsDir)).map((p) => p.pid) });
       const postmaster = Number((await fs.readFile(pgPidFile, 'utf8').catch(() => '')).split('\n')[0]);
       groups.push({ name: 'postgresql', pids: postmaster ? withDescendants(table, postmaster) : [] });
-      groups.push({ name: 'shims', pids: await shimPids(stack.socket) });
+      groups.push({ name: 'shims', pids: shimsOf(table, stack.socket) });
       return groups;
     },
     stop: stack.stop,
@@ -46,13 +49,12 @@ export async function startContainerd(): Promise<Side> {
     name: 'containerd',
     socket: ref.socket,
     ctr: ref.ctr,
-    async processes() {
-      const table = await processTable();
+    async processes(table = processTable()) {
       const daemon = table.filter((p) => path.basename(p.argv[0] ?? '') === 'containerd' && p.argv.includes(config)).map((p) => p.pid);
       // containerd's shims connect back to its ttrpc socket; -address names the gRPC one.
       return [
         { name: 'containerd', pids: daemon },
-        { name: 'shims', pids: await shimPids(ref.socket) },
+        { name: 'shims', pids: shimsOf(table, ref.socket) },
       ];
     },
     stop: ref.stop,
