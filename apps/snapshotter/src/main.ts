@@ -1,6 +1,6 @@
 // flotilla-snapshotter: this node's snapshotters (overlayfs, native) and diff service.
 import path from 'node:path';
-import { content as capi, diff as dapi, snapshots as sapi } from '@flotilla/api';
+import { content as capi, diff as dapi, leases as lapi, snapshots as sapi } from '@flotilla/api';
 import { runApp, FLOTILLA_VERSION } from '@flotilla/app';
 import { endpointsFor, nodeSubject, rpcClient, serviceSubject } from '@flotilla/bus';
 import { appStateDir } from '@flotilla/config';
@@ -17,8 +17,20 @@ void runApp('snapshotter', async ({ cfg, bus }) => {
     await s.init();
     snapshotters.set(name, s);
   }
-  const snaps = new SnapshotService(snapshotters, (ns, topic, typeUrl, type, ev) => publishEvent(bus, ns, topic, typeUrl, type as any, ev));
-  const diff = new DiffService(rpcClient(bus, capi.ContentDefinition, (m) => serviceSubject('content', m)));
+  const leases = rpcClient(bus, lapi.LeasesDefinition, (m) => serviceSubject('leases', m));
+  const lease = (ns: string, id: string, snapshotter: string, key: string) => ({ req: { id, resource: { id: key, type: `snapshots/${snapshotter}` } }, ctx: { namespace: ns } });
+  const snaps = new SnapshotService(snapshotters, (ns, topic, typeUrl, type, ev) => publishEvent(bus, ns, topic, typeUrl, type as any, ev), {
+    addLeaseResource: async (ns, id, snapshotter, key) => {
+      const { req, ctx } = lease(ns, id, snapshotter, key);
+      await leases.addResource(req, ctx);
+    },
+    removeLeaseResource: async (ns, id, snapshotter, key) => {
+      const { req, ctx } = lease(ns, id, snapshotter, key);
+      await leases.deleteResource(req, ctx);
+    },
+  });
+  const content = rpcClient(bus, capi.ContentDefinition, (m) => serviceSubject('content', m));
+  const diff = new DiffService(content);
 
   await bus.addService({
     name: 'flotilla-snapshotter',

@@ -40,6 +40,15 @@ export interface Info {
   labels: Record<string, string>;
   createdAt: Date;
   updatedAt: Date;
+  /** createdAt and updatedAt to the microsecond PostgreSQL keeps (a Date holds milliseconds). */
+  created: Timestamp;
+  updated: Timestamp;
+}
+
+/** A point in time as protobuf's Timestamp: whole seconds since the epoch and nanoseconds. */
+export interface Timestamp {
+  seconds: number;
+  nanos: number;
 }
 
 export interface SnapshotterOptions {
@@ -86,15 +95,59 @@ interface Row {
   inodes: string;
   created_at: Date;
   updated_at: Date;
+  /** Epoch microseconds, as text (bigint). */
+  created_us: string;
+  updated_us: string;
+}
+
+function timestampOf(us: string): Timestamp {
+  const v = BigInt(us);
+  const seconds = v / 1_000_000n;
+  return { seconds: Number(seconds), nanos: Number(v - seconds * 1_000_000n) * 1000 };
 }
 
 function toInfo(r: Row): Info {
-  return { name: r.key, parent: r.parent ?? '', kind: r.kind, labels: r.labels ?? {}, createdAt: r.created_at, updatedAt: r.updated_at };
+  return {
+    name: r.key,
+    parent: r.parent ?? '',
+    kind: r.kind,
+    labels: r.labels ?? {},
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+    created: timestampOf(r.created_us),
+    updated: timestampOf(r.updated_us),
+  };
 }
+
+/**
+ * The name containerd's metadata store gives a snapshot in its backend ("<ns>/<seq>/<key>"),
+ * which the backend's error messages quote; the row id stands in for the sequence.
+ */
+const backendKey = (ns: string, r: { id: string; key: string }) => `${ns}/${r.id}/${r.key}`;
+
+/** The columns of a Row, from snapshots_snapshots `s` joined to its parent `p`. */
+const columns = (sql: Sql) => sql.unsafe(`s.id, s.key, p.key AS parent, s.parent_id, s.kind, s.labels, s.size, s.inodes, s.created_at, s.updated_at,
+  (extract(epoch FROM s.created_at) * 1000000)::bigint::text AS created_us, (extract(epoch FROM s.updated_at) * 1000000)::bigint::text AS updated_us`);
 
 /** containerd's overlay check: the kernel's overlay module knows "index=off" when it has the parameter. */
 function overlaySupportsIndex(): boolean {
   return existsSync('/sys/module/overlay/parameters/index');
+}
+
+/**
+ * The label a client sets on Prepare to name the committed snapshot it is after (remote
+ * snapshotters); containerd refuses the Prepare when that snapshot already exists.
+ */
+const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';
+
+/** validateLabels with containerd's metadata-store context ("info.Labels: ..."). */
+function checkLabels(labels: Record<string, string>): void {
+  try {
+    validateLabels(labels);
+  } catch (err) {
+    if (err instanceof Error) err.message = `info.Labels: ${err.message}`;
+    throw err;
+  }
 }
 
 /** Labels with empty values dropped (containerd never stores an empty label). */
@@ -145,7 +198,7 @@ export class Snapshotter {
   private async find(sql: Sql, ns: string, key: string, lock: '' | 'update' | 'share' = ''): Promise<Row | undefined> {
     const suffix = lock === 'update' ? sql`FOR UPDATE OF s` : lock === 'share' ? sql`FOR SHARE OF s` : sql``;
     const rows = await sql<Row[]>`
-      SELECT s.id, s.key, p.key AS parent, s.parent_id, s.kind, s.labels, s.size, s.inodes, s.created_at, s.updated_at
+      SELECT ${columns(sql)}
       FROM snapshots_snapshots s LEFT JOIN snapshots_snapshots p ON p.id = s.parent_id
       WHERE s.node = ${this.nodeId} AND s.snapshotter = ${this.name} AND s.namespace = ${ns} AND s.key = ${key} ${suffix}`;
     return rows[0];
@@ -194,7 +247,7 @@ export class Snapshotter {
     if (!ns) throw errInvalidArgument('namespace must not be empty');
     if (!key) throw errInvalidArgument('snapshot key must not be empty');
     labels = cleanLabels(labels);
-    validateLabels(labels);
+    checkLabels(labels);
     await this.init();
 
     // The directory is built under a temp name and renamed to the id inside the transaction
@@ -212,14 +265,17 @@ export class Snapshotter {
         }
       }
       return (await this.sql.begin(async (tx) => {
+        // containerd's order of checks: the target reference, the key, then the parent.
+        const target = labels[LABEL_SNAPSHOT_REF];
+        if (target && (await this.find(tx, ns, target))) throw errAlreadyExists(`target snapshot ${JSON.stringify(target)}`);
+        if (await this.find(tx, ns, key)) throw errAlreadyExists(`snapshot ${JSON.stringify(key)}`);
         let parentRow: Row | undefined;
         if (parent) {
           // FOR SHARE: the parent cannot be removed (or committed over) until this commits.
           parentRow = await this.find(tx, ns, parent, 'share');
           if (!parentRow) throw errNotFound(`parent snapshot ${parent} does not exist`);
-          if (parentRow.kind !== 'committed') throw errInvalidArgument(`failed to create snapshot: parent ${JSON.stringify(parent)} is not committed snapshot`);
+          if (parentRow.kind !== 'committed') throw errInvalidArgument(`failed to create snapshot: parent ${JSON.stringify(backendKey(ns, parentRow))} is not committed snapshot`);
         }
-        if (await this.find(tx, ns, key)) throw errAlreadyExists(`snapshot ${JSON.stringify(key)}`);
         const [row] = await tx<{ id: string }[]>`
           INSERT INTO snapshots_snapshots (node, snapshotter, namespace, key, parent_id, kind, labels)
           VALUES (${this.nodeId}, ${this.name}, ${ns}, ${key}, ${parentRow?.id ?? null}, ${kind}, ${tx.json(labels)})
@@ -261,7 +317,9 @@ export class Snapshotter {
   /** The mounts of an active snapshot or a view (FailedPrecondition for a committed one). */
   async mounts(ns: string, key: string): Promise<Mount[]> {
     const r = await this.get(this.sql, ns, key);
-    if (r.kind === 'committed') throw errFailedPrecondition(`requested snapshot ${key} not active or view`);
+    if (r.kind === 'committed') {
+      throw errFailedPrecondition(`${this.name === 'native' ? 'failed to get snapshot mount' : 'failed to get active mount'}: requested snapshot ${backendKey(ns, r)} not active or view`);
+    }
     return this.mountsOf(r.id, r.kind, r.parent_id ? await this.chain(this.sql, r.parent_id) : []);
   }
 
@@ -272,7 +330,9 @@ export class Snapshotter {
   async commit(ns: string, name: string, key: string, labels: Record<string, string> = {}): Promise<void> {
     if (!name) throw errInvalidArgument('snapshot name must not be empty');
     labels = cleanLabels(labels);
-    validateLabels(labels);
+    checkLabels(labels);
+    // containerd checks the new name before the key.
+    if (await this.find(this.sql, ns, name)) throw errAlreadyExists(`snapshot ${JSON.stringify(name)}`);
     const pre = await this.get(this.sql, ns, key);
     // Measured before the transaction: walking a large tree must not hold row locks.
     const usage = pre.kind === 'active' ? await diskUsage(this.upper(pre.id)) : { size: 0, inodes: 0 };
@@ -280,7 +340,7 @@ export class Snapshotter {
       await this.sql.begin(async (tx) => {
         if (await this.find(tx, ns, name)) throw errAlreadyExists(`snapshot ${JSON.stringify(name)}`);
         const r = await this.get(tx, ns, key, 'update');
-        if (r.kind !== 'active') throw errFailedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(key)} is not active`);
+        if (r.kind !== 'active') throw errFailedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(backendKey(ns, r))} is not active`);
         await tx`UPDATE snapshots_snapshots SET key = ${name}, kind = 'committed', labels = ${tx.json(labels)},
           size = ${usage.size}, inodes = ${usage.inodes}, created_at = now(), updated_at = now() WHERE id = ${r.id}`;
       });
@@ -341,7 +401,7 @@ export class Snapshotter {
         }
       }
       labels = cleanLabels(labels);
-      validateLabels(labels);
+      checkLabels(labels);
       await tx`UPDATE snapshots_snapshots SET labels = ${tx.json(labels)}, updated_at = now() WHERE id = ${r.id}`;
       return toInfo((await this.find(tx, ns, info.name))!);
     })) as Info;
@@ -352,7 +412,7 @@ export class Snapshotter {
     let after: string | undefined;
     for (;;) {
       const rows: Row[] = await this.sql<Row[]>`
-        SELECT s.id, s.key, p.key AS parent, s.parent_id, s.kind, s.labels, s.size, s.inodes, s.created_at, s.updated_at
+        SELECT ${columns(this.sql)}
         FROM snapshots_snapshots s LEFT JOIN snapshots_snapshots p ON p.id = s.parent_id
         WHERE s.node = ${this.nodeId} AND s.snapshotter = ${this.name} AND s.namespace = ${ns}
           ${after === undefined ? this.sql`` : this.sql`AND s.key COLLATE "C" > ${after}`}
