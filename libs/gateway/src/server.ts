@@ -66,7 +66,7 @@ function toStatus(err: unknown): Partial<grpc.StatusObject> {
 }
 
 /** One hop of a held call (tasks Wait); the tasks service answers Continue well within it. */
-const HELD_HOP_MS = 45_000;
+const HELD_HOP_MS = 15_000;
 
 export class Gateway {
   private server?: grpc.Server;

@@ -13,7 +13,7 @@ import { namespaceRequired } from '@flotilla/identifiers';
 import type { ShimManager } from '@flotilla/runtime';
 
 /** How long the agent holds a Wait before answering Continue (the caller asks again). */
-const WAIT_HOLD_MS = 20_000;
+const WAIT_HOLD_MS = 5_000;
 /** Time kept free before the caller's deadline, so our Continue reaches it in time. */
 const HOLD_MARGIN_MS = 2_000;
 
@@ -21,7 +21,7 @@ type Unit = Record<string, never>;
 const EmptyType = Empty as unknown as MessageType<Unit>;
 
 export interface AgentOptions {
-  /** Wait hold (ms) before answering Continue; default 20 s. */
+  /** Wait hold (ms) before answering Continue; default 5 s. */
   holdMs?: number;
   /** Scratch space for checkpoints; default the OS temp directory. */
   tmpDir?: string;

@@ -20,7 +20,7 @@ export const tasksMigrations = [
  * One hop of a held Wait: the agent answers Continue within this (it holds for less), so a
  * hop that takes longer means the agent died holding it; the caller is told to ask again.
  */
-export const WAIT_HOP_MS = 30_000;
+export const WAIT_HOP_MS = 10_000;
 /** Pause before asking again after the agent could not be reached (it may be restarting). */
 const RETRY_PAUSE_MS = 500;
 
