@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/content"
 	"github.com/containerd/containerd/content/testsuite"
 	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/leases"
 	"github.com/containerd/containerd/namespaces"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -80,6 +81,70 @@ func TestContentSuite(t *testing.T) {
 
 func TestContentCrossNSShared(t *testing.T) {
 	testsuite.ContentCrossNSSharedSuite(t, "ContentClient", newContentStore)
+}
+
+// TestContentLeases checks what containerd's metadata store records under the
+// containerd-lease header: an open ingest is a lease resource (ingests/<ref>), a commit
+// swaps it for the content (content/<digest>), a delete drops it, and a writer under a
+// lease that does not exist fails with NotFound.
+func TestContentLeases(t *testing.T) {
+	client, err := containerd.New(os.Getenv("FLOTILLA_ADDRESS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx := namespaces.WithNamespace(context.Background(), os.Getenv("FLOTILLA_NS_PREFIX")+"-leases")
+	ctx, done, err := client.WithLease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done(ctx)
+	lid, _ := leases.FromContext(ctx)
+	ls := client.LeasesService()
+	resources := func() map[string]bool {
+		t.Helper()
+		rs, err := ls.ListResources(ctx, leases.Lease{ID: lid})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, r := range rs {
+			out[r.Type+"/"+r.ID] = true
+		}
+		return out
+	}
+	cs := client.ContentStore()
+	blob := []byte("leased content")
+	dgst := digest.FromBytes(blob)
+	w, err := cs.Writer(ctx, content.WithRef("leased-ref"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(blob[:6]); err != nil {
+		t.Fatal(err)
+	}
+	if rs := resources(); !rs["ingests/leased-ref"] || len(rs) != 1 {
+		t.Fatalf("open ingest: lease resources %v, expected ingests/leased-ref", rs)
+	}
+	if _, err := w.Write(blob[6:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(ctx, int64(len(blob)), dgst); err != nil {
+		t.Fatal(err)
+	}
+	if rs := resources(); !rs["content/"+dgst.String()] || len(rs) != 1 {
+		t.Fatalf("after commit: lease resources %v, expected content/%s", rs, dgst)
+	}
+	if err := cs.Delete(ctx, dgst); err != nil {
+		t.Fatal(err)
+	}
+	if rs := resources(); len(rs) != 0 {
+		t.Fatalf("after delete: lease resources %v, expected none", rs)
+	}
+	bad := leases.WithLease(ctx, "no-such-lease")
+	if _, err := cs.Writer(bad, content.WithRef("unleased")); !errdefs.IsNotFound(err) {
+		t.Fatalf("writer under a missing lease: %v, expected not found", err)
+	}
 }
 
 // TestResumeIngest resumes an interrupted ingest (FLOTILLA_RESUME_REF in namespace
