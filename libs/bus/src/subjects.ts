@@ -20,8 +20,11 @@ function token(kind: string, value: string): string {
   return value;
 }
 
-/** Cluster services (named by containerd API, not by process): any replica may answer. */
-export const ClusterService = ['content', 'images', 'namespaces', 'containers', 'leases', 'tasks', 'events'] as const;
+/**
+ * Cluster services (named by containerd API, not by process): any replica may answer.
+ * `gc` is internal (the metadata service's garbage collector); the gateway never routes to it.
+ */
+export const ClusterService = ['content', 'images', 'namespaces', 'containers', 'leases', 'tasks', 'events', 'gc'] as const;
 export type ClusterService = (typeof ClusterService)[number];
 /** Node services: only the named node answers. */
 export const NodeService = ['snapshots', 'diff', 'agent'] as const;

@@ -3,6 +3,7 @@
 
 /** Parsing: `parseFilters(["a==b,c", "d~=x"])` is (a==b AND c) OR (d~=x). */
 export { parseFilter, parseFilters, ALWAYS } from './parser.js';
+export type { ParseOptions } from './parser.js';
 /** A parsed filter and the adaptor interface each List implements for its objects. */
 export type { Filter, Adaptor, AdaptorFn, Operator, Selector } from './filter.js';
 /** Adaptor helpers: map lookups (`labels.<key>`) as containerd's checkMap does. */

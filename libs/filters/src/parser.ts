@@ -279,6 +279,14 @@ class Parser {
   }
 }
 
+export interface ParseOptions {
+  /**
+   * containerd's image, container and lease stores wrap ParseAll's error once more, so
+   * their message ends in "invalid argument: invalid argument"; set this to say the same.
+   */
+  wrapAgain?: boolean;
+}
+
 /** Matches everything (no filter given). */
 export const ALWAYS: Filter = new FilterImpl([]);
 
@@ -291,14 +299,17 @@ export function parseFilter(s: string): Filter {
  * Several filter strings, OR-ed, as containerd's List RPCs take them. A parse error is
  * InvalidArgument, its message containerd's (`filters: parse error: [...]: ...`).
  */
-export function parseFilters(filters: readonly string[] | undefined): Filter {
+export function parseFilters(filters: readonly string[] | undefined, opts: ParseOptions = {}): Filter {
   if (!filters || filters.length === 0) return ALWAYS;
   const alternatives = filters.map((f) => {
     if (f === '') return [];
     try {
       return new Parser(f).selectors();
     } catch (err) {
-      if (err instanceof ParseError) throw errInvalidArgument(err.message, { cause: err });
+      if (err instanceof ParseError) {
+        const e = errInvalidArgument(err.message, { cause: err });
+        throw opts.wrapAgain ? errInvalidArgument(e.message, { cause: e }) : e;
+      }
       throw err;
     }
   });

@@ -104,3 +104,11 @@ test('the parsed structure is exposed for callers that push selectors into SQL',
     [[['id'], '?', '']],
   ]);
 });
+
+test('wrapAgain says what containerd image, container and lease stores say', () => {
+  assert.throws(() => parseFilters(['labels.'], { wrapAgain: true }), (e) => {
+    assert.equal(classOf(e), ErrorClass.InvalidArgument);
+    assert.equal((e as Error).message, 'filters: parse error: [labels.]: expected field or quoted: invalid argument: invalid argument');
+    return true;
+  });
+});

@@ -1,3 +1,3 @@
 // @flotilla/images: containerd's image records in PostgreSQL.
-export { ImageStore, imageMigrations } from './store.js';
-export type { ImagePublisher } from './store.js';
+export { ImageStore, imageMigrations, digestError } from './store.js';
+export type { ImagePublisher, ImageHooks } from './store.js';
