@@ -30,7 +30,7 @@ void runApp('snapshotter', async ({ cfg, bus }) => {
     },
   });
   const content = rpcClient(bus, capi.ContentDefinition, (m) => serviceSubject('content', m));
-  const diff = new DiffService(content);
+  const diff = new DiffService({ content, ingest: { bus, writeSubject: serviceSubject('content', 'Write') }, maxUncompressedBytes: cfg.maxLayerBytes });
 
   await bus.addService({
     name: 'flotilla-snapshotter',
@@ -55,7 +55,7 @@ void runApp('snapshotter', async ({ cfg, bus }) => {
       }),
       ...endpointsFor(dapi.DiffDefinition, (m) => nodeSubject(cfg.nodeId, 'diff', m), {
         apply: (r, c) => diff.apply(r, c),
-        diff: () => diff.diff(),
+        diff: (r, c) => diff.diff(r, c),
       }),
     ],
   });

@@ -21,6 +21,8 @@ export interface FlotillaConfig {
   maxPayload: number;
   /** Timeout for a unary request over the bus when the caller set no deadline. */
   requestTimeoutMs: number;
+  /** The diff service refuses layers that decompress past this many bytes (FLOTILLA_MAX_LAYER_BYTES). */
+  maxLayerBytes: number;
 }
 
 const NODE_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
@@ -65,6 +67,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FlotillaConfig
     databaseUrl: env.DATABASE_URL || `postgres://postgres@/flotilla?host=${path.join(runDir, 'postgres')}&port=5432`,
     maxPayload: intVar(env, 'FLOTILLA_MAX_PAYLOAD', 1024 * 1024, 64 * 1024),
     requestTimeoutMs: intVar(env, 'FLOTILLA_REQUEST_TIMEOUT_MS', 120_000, 100),
+    maxLayerBytes: intVar(env, 'FLOTILLA_MAX_LAYER_BYTES', 64 * 1024 ** 3, 4096),
   };
 }
 

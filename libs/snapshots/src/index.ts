@@ -15,4 +15,7 @@ export type { ApplyDiffOptions } from './diff.js';
 export { mountAll, unmount, withTempMount } from './mount.js';
 // The gRPC/NATS-facing services (request/response types from @flotilla/api).
 export { SnapshotService, DiffService } from './service.js';
-export type { SnapshotPublisher } from './service.js';
+export type { SnapshotPublisher, SnapshotHooks, DiffServiceOptions } from './service.js';
+// A content Write session over the bus (the differ's upload).
+export { openIngest } from './ingest.js';
+export type { Ingest, RequestBus } from './ingest.js';

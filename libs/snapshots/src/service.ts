@@ -1,13 +1,15 @@
 // containerd's Snapshots and Diff APIs for one node, over the overlayfs and native
 // snapshotters. The request's snapshotter name picks the snapshotter, as in containerd.
+import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { content as capi, diff as dapi, evSnapshot, snapshots as sapi, type Mount } from '@flotilla/api';
 import { isLayerMediaType } from '@flotilla/archive';
 import type { CallContext, Client } from '@flotilla/bus';
-import { ErrorClass, errInvalidArgument, errNotImplemented, messageOf, withClass } from '@flotilla/errdefs';
+import { ErrorClass, classOf, errInvalidArgument, errNotImplemented, messageOf, withClass } from '@flotilla/errdefs';
 import { checkMap, parseFilters } from '@flotilla/filters';
 import { namespaceRequired } from '@flotilla/identifiers';
-import { applyDiff } from './diff.js';
+import { applyDiff, compareMounts } from './diff.js';
+import { openIngest, type RequestBus } from './ingest.js';
 import type { Info, Mount as SnapshotMount, SnapshotKind, Snapshotter } from './snapshotter.js';
 
 export type SnapshotPublisher = (namespace: string, topic: string, typeUrl: `containerd.events.${string}`, type: { encode(m: any): { finish(): Uint8Array } }, event: unknown) => void;
@@ -188,12 +190,42 @@ function errUnknownAs(err: unknown): Error {
   return withClass(ErrorClass.Unknown, messageOf(err));
 }
 
+/** The label containerd's differ puts on a compressed layer: the digest of its tar. */
+const LABEL_UNCOMPRESSED = 'containerd.io/uncompressed';
+const MEDIA_TAR = 'application/vnd.oci.image.layer.v1.tar';
+const MEDIA_TAR_GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip';
+
+/** containerd's uniqueRef: "<unix nanos>-<4 url-safe base64 chars>". */
+function uniqueRef(): string {
+  const ns = BigInt(Date.now()) * 1_000_000n + BigInt(Math.floor(Math.random() * 1_000_000));
+  return `${ns}-${randomBytes(3).toString('base64url')}`;
+}
+
 /**
- * containerd's Diff service over this node's snapshotter mounts: Apply reads the layer from
- * the content service and applies it with `applyDiff` (see diff.ts for the rules).
+ * containerd's Diff service over this node's snapshotter mounts, with its walking differ:
+ * Apply reads the layer from the content service and applies it with `applyDiff` (see
+ * diff.ts for the rules); Diff writes the layer from `left` to `right` into the content
+ * service (tar, or tar+gzip labelled with its uncompressed digest).
  */
+export interface DiffServiceOptions {
+  /** The content service: Apply reads layers from it, Diff checks and labels what it wrote. */
+  content: Client<typeof capi.ContentDefinition>;
+  /** The bus and the subject of the content service's Write, for Diff's upload. */
+  ingest?: { bus: RequestBus; writeSubject: string };
+  /** Apply refuses a layer decompressing past this many bytes (applyLayer's default otherwise). */
+  maxUncompressedBytes?: number;
+}
+
 export class DiffService {
-  constructor(private readonly content: Client<typeof capi.ContentDefinition>) {}
+  private readonly content: Client<typeof capi.ContentDefinition>;
+  private readonly ingest?: { bus: RequestBus; writeSubject: string };
+  private readonly maxUncompressedBytes?: number;
+
+  constructor(opts: DiffServiceOptions) {
+    this.content = opts.content;
+    this.ingest = opts.ingest;
+    this.maxUncompressedBytes = opts.maxUncompressedBytes;
+  }
 
   async apply(req: dapi.ApplyRequest, ctx: CallContext): Promise<dapi.ApplyResponse> {
     namespaceRequired(ctx);
@@ -204,12 +236,56 @@ export class DiffService {
     const blob = Readable.from((async function* () {
       for await (const r of content.read({ digest: desc.digest, offset: 0, size: 0 }, ctx)) yield r.data;
     })());
-    const res = await applyDiff(req.mounts as SnapshotMount[], blob, desc.mediaType);
-    return { applied: { mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: res.diffID, size: res.size, annotations: {} } };
+    const res = await applyDiff(req.mounts as SnapshotMount[], blob, desc.mediaType, { maxUncompressedBytes: this.maxUncompressedBytes });
+    return { applied: { mediaType: MEDIA_TAR, digest: res.diffID, size: res.size, annotations: {} } };
   }
 
-  async diff(): Promise<dapi.DiffResponse> {
-    throw errNotImplemented('diff (layer creation) arrives with issue 4');
+  async diff(req: dapi.DiffRequest, ctx: CallContext): Promise<dapi.DiffResponse> {
+    namespaceRequired(ctx);
+    if (!this.ingest) throw errNotImplemented('diff: no content store to write to');
+    const mediaType = req.mediaType || MEDIA_TAR_GZIP;
+    if (mediaType !== MEDIA_TAR && mediaType !== MEDIA_TAR_GZIP) throw errNotImplemented(`unsupported diff media type: ${mediaType}`);
+    const gzip = mediaType === MEDIA_TAR_GZIP;
+    const newRef = !req.ref;
+    const ref = req.ref || uniqueRef();
+
+    const w = await openIngest(this.ingest.bus, this.ingest.writeSubject, ref, ctx).catch((err) => {
+      throw wrap('failed to open writer', err);
+    });
+    let digest: string;
+    let diffID: string;
+    try {
+      const res = await compareMounts(req.left as SnapshotMount[], req.right as SnapshotMount[], w.sink, { compression: gzip ? 'gzip' : 'none' }).catch((err) => {
+        throw wrap(gzip ? 'failed to write compressed diff' : 'failed to write diff', err);
+      });
+      const labels: Record<string, string> = { ...req.labels };
+      if (gzip) labels[LABEL_UNCOMPRESSED] = res.diffID;
+      await w.commit(res.compressedSize, res.digest, labels).catch((err) => {
+        throw wrap('failed to commit', err);
+      });
+      digest = res.digest;
+      diffID = res.diffID;
+    } catch (err) {
+      await w.close();
+      if (newRef) await this.content.abort({ ref }, ctx).catch(() => {});
+      throw err;
+    }
+
+    const info = (await this.content.info({ digest }, ctx).catch((err) => {
+      throw wrap('failed to get info from content store', err);
+    })).info!;
+    // A blob that already existed may lack the label: set it, as containerd does.
+    if (gzip && !info.labels[LABEL_UNCOMPRESSED]) {
+      await this.content.update({ info: { ...info, labels: { [LABEL_UNCOMPRESSED]: diffID } }, updateMask: [`labels.${LABEL_UNCOMPRESSED}`] }, ctx).catch((err) => {
+        throw wrap('error setting uncompressed label', err);
+      });
+    }
+    return { diff: { mediaType, digest: info.digest, size: info.size, annotations: {} } };
   }
+
 }
 
+/** containerd's fmt.Errorf("<what>: %w", err): the class is kept, the context prefixed. */
+function wrap(what: string, err: unknown): Error {
+  return withClass(classOf(err), `${what}: ${messageOf(err)}`);
+}
