@@ -139,7 +139,9 @@ export class Gateway {
         }
       }).then(
         () => call.end(),
-        (err) => call.destroy(Object.assign(new Error(messageOf(err)), toStatus(err)) as Error),
+        // grpc-js sends a server stream's status from its 'error' event; destroy() would
+        // leave the client waiting.
+        (err) => call.emit('error', Object.assign(new Error(messageOf(err)), toStatus(err))),
       );
     };
   }
