@@ -246,7 +246,7 @@ export async function computeDiff(lower: string[] | string, upper: string, out: 
     const st = n.st;
     const h: Record<string, unknown> = {
       name: st.isDirectory() ? rel + '/' : rel,
-      mode: st.mode & 0o7777,
+      mode: st.mode, // the file type bits keep a 000 mode from reading as "unset" (tar keeps 07777)
       uid: st.uid,
       gid: st.gid,
       mtime: new Date(Math.floor(st.mtimeMs / 1000) * 1000),
@@ -317,7 +317,8 @@ export async function computeDiff(lower: string[] | string, upper: string, out: 
     await parents(rel);
     const dir = path.posix.dirname(rel);
     const name = `${dir === '.' ? '' : dir + '/'}.wh.${path.posix.basename(rel)}`;
-    await entry({ name, type: 'file', mode: 0, size: 0, mtime: whiteoutTime });
+    // S_IFREG alone: tar-stream replaces a falsy mode with 0644, containerd writes 0.
+    await entry({ name, type: 'file', mode: 0o100000, size: 0, mtime: whiteoutTime });
   };
 
   /** Compares directory `rel` (present in both) child by child. */

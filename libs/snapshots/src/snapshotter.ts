@@ -10,7 +10,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type postgres from 'postgres';
-import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound } from '@flotilla/errdefs';
+import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound, errUnknown } from '@flotilla/errdefs';
 import { validateLabels } from '@flotilla/identifiers';
 import { diskUsage, type Usage } from './usage.js';
 
@@ -226,7 +226,8 @@ export class Snapshotter {
     if (this.name === 'native') {
       // Active snapshots (and parentless views) own a full copy; views of a parent bind it read-only.
       const source = parentIds.length === 0 || kind === 'active' ? this.dir(id) : this.dir(parentIds[0]!);
-      return [{ type: 'bind', source, target: '', options: [kind === 'view' ? 'ro' : 'rw', 'rbind'] }];
+      // containerd's native snapshotter lists "rbind" first (its defaultMountOptions).
+      return [{ type: 'bind', source, target: '', options: ['rbind', kind === 'view' ? 'ro' : 'rw'] }];
     }
     if (parentIds.length === 0) {
       // Overlay needs at least one lower: a parentless snapshot is its upper dir, bound.
@@ -334,6 +335,11 @@ export class Snapshotter {
     // containerd checks the new name before the key.
     if (await this.find(this.sql, ns, name)) throw errAlreadyExists(`snapshot ${JSON.stringify(name)}`);
     const pre = await this.get(this.sql, ns, key);
+    if (this.name === 'native' && pre.kind === 'view' && pre.parent_id) {
+      // containerd's native Commit measures the snapshot's directory before checking its
+      // kind; a view of a parent has none, so the client sees that lstat failure.
+      throw errUnknown(`lstat ${this.dir(pre.id)}: no such file or directory`);
+    }
     // Measured before the transaction: walking a large tree must not hold row locks.
     const usage = pre.kind === 'active' ? await diskUsage(this.upper(pre.id)) : { size: 0, inodes: 0 };
     try {
