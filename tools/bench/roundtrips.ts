@@ -1,13 +1,19 @@
 // Where one ctr command spends flotilla's effort: starts a stack, runs the command (after
 // one untimed warm-up of the same command) and reports the NATS requests it caused, per
-// subject, the PostgreSQL transactions, and the CPU time each process used.
-//   node --import tsx tools/bench/roundtrips.ts [--repeat N] -- run --rm {busybox} {id} /bin/true
-// `{busybox}` is replaced by the test image (imported first), `{id}` by a fresh id.
+// subject, the PostgreSQL transactions, and the CPU time each process used (shims and
+// runc are short-lived and not counted); --containerd runs it against Debian's containerd
+// for the CPU comparison.
+//   node --import tsx tools/bench/roundtrips.ts [--repeat N] [--stdin-mib M] -- run --rm {busybox} {id} /bin/true
+// `{busybox}` is replaced by the test image (imported first), `{id}` by a fresh id; with
+// --stdin-mib, each run reads a fresh random file of M MiB on stdin (content ingest {id}).
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { connect } from 'nats';
-import postgres from 'postgres';
+import { connectDb } from '@flotilla/db';
 import { buildBusyboxImage } from '@flotilla/testing';
-import { startFlotilla } from './sides.js';
+import { startContainerd, startFlotilla } from './sides.js';
 import { NAMESPACE, timedCtr } from './workloads.js';
 
 const TICK = 100; // USER_HZ on Linux
@@ -28,20 +34,33 @@ function normalize(subject: string): string {
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   let repeat = 5;
+  let stdinMiB = 0;
+  let reference = false;
   const dash = argv.indexOf('--');
-  for (let i = 0; i < (dash < 0 ? argv.length : dash); i++) if (argv[i] === '--repeat') repeat = Number(argv[++i]);
+  for (let i = 0; i < (dash < 0 ? argv.length : dash); i++) {
+    if (argv[i] === '--repeat') repeat = Number(argv[++i]);
+    else if (argv[i] === '--stdin-mib') stdinMiB = Number(argv[++i]);
+    else if (argv[i] === '--containerd') reference = true;
+  }
+  const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-rt-'));
+  const input = async (i: number) => {
+    if (!stdinMiB) return undefined;
+    const f = path.join(tmp, `in-${i}`);
+    await fs.writeFile(f, randomBytes(stdinMiB << 20));
+    return f;
+  };
   const cmd = dash < 0 ? ['run', '--rm', '{busybox}', '{id}', '/bin/true'] : argv.slice(dash + 1);
   const busybox = await buildBusyboxImage();
-  const side = await startFlotilla();
+  const side = reference ? await startContainerd() : await startFlotilla();
   try {
     const r = await side.ctr(['images', 'import', busybox.archivePath], { namespace: NAMESPACE });
     if (r.code !== 0) throw new Error(r.stderr);
-    const args = (i: number) => cmd.map((a) => a.replace('{busybox}', busybox.name).replace('{id}', `rt-${i}`));
-    await timedCtr(side, args(-1));
-    const natsUrl = side.natsUrl!;
-    const nc = await connect({ servers: natsUrl, name: 'bench-roundtrips' });
+    const args = (i: number) => cmd.map((a) => a.replace('{busybox}', busybox.name).replace('{id}', `rt-${i + 1}`));
+    await timedCtr(side, args(-1), { stdinFile: await input(-1) });
+    // Debian's containerd (--containerd): only the CPU per process, for comparison.
+    const nc = reference ? undefined : await connect({ servers: side.natsUrl!, name: 'bench-roundtrips' });
     const counts = new Map<string, { msgs: number; bytes: number }>();
-    const sub = nc.subscribe('>', {
+    const sub = nc?.subscribe('>', {
       callback: (_e, m) => {
         const k = normalize(m.subject);
         const c = counts.get(k) ?? { msgs: 0, bytes: 0 };
@@ -50,27 +69,28 @@ async function main(): Promise<void> {
         counts.set(k, c);
       },
     });
-    await nc.flush();
-    const sql = postgres(side.databaseUrl!, { max: 1 });
-    const xacts = async () => Number((await sql`select xact_commit + xact_rollback as n from pg_stat_database where datname = current_database()`)[0]!.n);
+    await nc?.flush();
+    const sql = reference ? undefined : connectDb(side.databaseUrl!, { max: 1, appName: 'bench-roundtrips' });
+    const xacts = async () => (sql ? Number((await sql`select xact_commit + xact_rollback as n from pg_stat_database where datname = current_database()`)[0]!.n) : 0);
     const groups = await side.processes();
     const pids = groups.flatMap((g) => g.pids.map((pid) => [g.name, pid] as const));
     const cpu0 = await Promise.all(pids.map(([, p]) => cpuTicks(p)));
     const x0 = await xacts();
     const times: number[] = [];
-    for (let i = 0; i < repeat; i++) times.push(await timedCtr(side, args(i)));
-    await nc.flush();
+    const files = await Promise.all(Array.from({ length: repeat }, (_, i) => input(i)));
+    for (let i = 0; i < repeat; i++) times.push(await timedCtr(side, args(i), { stdinFile: files[i] }));
+    await nc?.flush();
     await new Promise((res) => setTimeout(res, 300));
     const x1 = await xacts();
     const cpu1 = await Promise.all(pids.map(([, p]) => cpuTicks(p)));
-    sub.unsubscribe();
-    await nc.close();
-    await sql.end({ timeout: 5 });
+    sub?.unsubscribe();
+    await nc?.close();
+    await sql?.end({ timeout: 5 });
 
     const out: string[] = [];
     out.push(`ctr ${args(0).join(' ')}  x${repeat}: ${times.map((t) => (t * 1000).toFixed(0)).join(' ')} ms`);
-    out.push(`PostgreSQL transactions per command: ${((x1 - x0 - 2) / repeat).toFixed(1)} (2 of the measured ones are this tool's own reads)`);
-    out.push('NATS messages per command, by subject:');
+    if (!reference) out.push(`PostgreSQL transactions per command: ${((x1 - x0 - 2) / repeat).toFixed(1)} (2 of the measured ones are this tool's own reads)`);
+    if (!reference) out.push('NATS messages per command, by subject:');
     const rows = [...counts].sort((a, b) => b[1].msgs - a[1].msgs);
     let total = 0;
     for (const [k, c] of rows) {
@@ -78,13 +98,14 @@ async function main(): Promise<void> {
       total += c.msgs;
       out.push(`  ${(c.msgs / repeat).toFixed(1).padStart(7)}  ${(c.bytes / repeat / 1024).toFixed(1).padStart(9)} KiB  ${k}`);
     }
-    out.push(`  ${(total / repeat).toFixed(1).padStart(7)}  total`);
+    if (!reference) out.push(`  ${(total / repeat).toFixed(1).padStart(7)}  total`);
     out.push('CPU ms per command, by process:');
     const byName = new Map<string, number>();
     pids.forEach(([name], i) => byName.set(name, (byName.get(name) ?? 0) + ((cpu1[i]! - cpu0[i]!) * 1000) / TICK / repeat));
     for (const [name, ms] of [...byName].sort((a, b) => b[1] - a[1])) out.push(`  ${ms.toFixed(0).padStart(7)}  ${name}`);
     process.stdout.write(out.join('\n') + '\n');
   } finally {
+    await fs.rm(tmp, { recursive: true, force: true });
     await side.stop();
   }
 }

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -185,7 +184,7 @@ func TestEventLatency(t *testing.T) {
 	// Let the subscription reach the server before the first task exits.
 	time.Sleep(500 * time.Millisecond)
 
-	latencies, publish := []float64{}, []float64{}
+	latencies, publish, received := []float64{}, []float64{}, []int64{}
 	for i := 0; i < count; i++ {
 		id := fmt.Sprintf("bench-ev-%d-%d", time.Now().UnixNano(), i)
 		ctr, err := c.NewContainer(ctx, id, containerd.WithNewSnapshot(id, image), containerd.WithNewSpec(oci.WithImageConfig(image), oci.WithProcessArgs("/bin/true")))
@@ -212,6 +211,7 @@ func TestEventLatency(t *testing.T) {
 				}
 				latencies = append(latencies, x.e.received.Sub(x.e.at).Seconds())
 				publish = append(publish, x.e.received.Sub(x.e.published).Seconds())
+				received = append(received, x.e.received.UnixNano())
 				break wait
 			case <-timeout:
 				t.Fatalf("no /tasks/exit for %s within 60 s", id)
@@ -224,6 +224,5 @@ func TestEventLatency(t *testing.T) {
 			t.Fatalf("container delete: %v", err)
 		}
 	}
-	sort.Float64s(latencies)
-	report(map[string]interface{}{"count": count, "exit_to_subscriber_s": latencies, "publish_to_subscriber_s": publish})
+	report(map[string]interface{}{"count": count, "exit_to_subscriber_s": latencies, "publish_to_subscriber_s": publish, "received_unix_ns": received})
 }
