@@ -143,7 +143,15 @@ export async function describeTree(root: string): Promise<Record<string, TreeEnt
   const inodes = new Map<string, string[]>();
   const walk = async (rel: string) => {
     const abs = rel === '.' ? root : path.join(root, rel);
-    const st = await fs.lstat(abs);
+    const st = await fs.lstat(abs).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+      return undefined;
+    });
+    if (!st) {
+      // Listed but not there: an overlay whiteout in a directory no lower layer has.
+      out[rel] = { type: 'listed-only', mode: '', uid: -1, gid: -1 };
+      return;
+    }
     const e: TreeEntry = { type: kind(st), mode: (st.mode & 0o7777).toString(8), uid: st.uid, gid: st.gid };
     if (st.isFile()) {
       e.size = st.size;
