@@ -2,7 +2,7 @@
 // hand-written layer tars (exact control over whiteouts, opaque directories, links, owners
 // and hostile entries), a comparable description of a mounted tree, and the parsing of a
 // layer tar as ctr prints it.
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -33,7 +33,7 @@ export async function layerTar(entries: LayerEntry[]): Promise<Buffer> {
   const pack = tar.pack();
   const out: Buffer[] = [];
   const done = new Promise<void>((resolve, reject) => {
-    pack.on('data', (d: Buffer) => out.push(d));
+    pack.on('data', (d: unknown) => void out.push(d as Buffer));
     pack.on('end', resolve);
     pack.on('error', reject);
   });
@@ -52,7 +52,7 @@ export async function layerTar(entries: LayerEntry[]): Promise<Buffer> {
       devminor: e.devminor,
       pax: e.pax,
       size: body?.length ?? 0,
-    } as tar.Headers;
+    } as unknown as tar.Header;
     await new Promise<void>((resolve, reject) => pack.entry(header, body ?? Buffer.alloc(0), (err) => (err ? reject(err) : resolve())));
   }
   pack.finalize();
@@ -81,7 +81,12 @@ export function chainId(diffIds: string[]): string {
  * Writes an OCI image layout archive (as `ctr images import` takes it) of the given
  * uncompressed layers, each stored gzip-compressed unless `compression` says otherwise.
  */
-export async function ociArchive(dir: string, name: string, layers: Buffer[], opts: { compression?: 'gzip' | 'none'; gzipLayers?: Buffer[] } = {}): Promise<OciArchive> {
+export async function ociArchive(
+  dir: string,
+  name: string,
+  layers: Buffer[],
+  opts: { compression?: 'gzip' | 'none'; gzipLayers?: Buffer[]; perLayer?: ('gzip' | 'none' | 'zstd')[] } = {},
+): Promise<OciArchive> {
   const layout = await fs.mkdtemp(path.join(dir, 'layout-'));
   const blobs = path.join(layout, 'blobs', 'sha256');
   await fs.mkdir(blobs, { recursive: true });
@@ -94,8 +99,14 @@ export async function ociArchive(dir: string, name: string, layers: Buffer[], op
   const layerDescs = [];
   const diffIds = layers.map(sha256);
   for (let i = 0; i < layers.length; i++) {
-    const blob = opts.gzipLayers?.[i] ?? (gzip ? zlib.gzipSync(layers[i]!) : layers[i]!);
-    layerDescs.push({ mediaType: gzip ? 'application/vnd.oci.image.layer.v1.tar+gzip' : 'application/vnd.oci.image.layer.v1.tar', ...(await put(blob)) });
+    const how = opts.perLayer?.[i] ?? (gzip ? 'gzip' : 'none');
+    if (how === 'zstd') {
+      const blob = execFileSync('zstd', ['-q', '-c'], { input: layers[i]!, maxBuffer: 1 << 30 });
+      layerDescs.push({ mediaType: 'application/vnd.oci.image.layer.v1.tar+zstd', ...(await put(blob)) });
+      continue;
+    }
+    const blob = opts.gzipLayers?.[i] ?? (how === 'gzip' ? zlib.gzipSync(layers[i]!) : layers[i]!);
+    layerDescs.push({ mediaType: how === 'gzip' ? 'application/vnd.oci.image.layer.v1.tar+gzip' : 'application/vnd.oci.image.layer.v1.tar', ...(await put(blob)) });
   }
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: diffIds }, history: [] }));
   const configDesc = { mediaType: 'application/vnd.oci.image.config.v1+json', ...(await put(config)) };

@@ -1,9 +1,10 @@
 // Layer media types and their decompression, as containerd's diff processors and
 // archive/compression treat them: compressed types are sniffed by magic number (so a
 // mislabelled uncompressed blob still applies), the OCI uncompressed type is read as is.
+import { spawn } from 'node:child_process';
 import { PassThrough, type Readable } from 'node:stream';
 import zlib from 'node:zlib';
-import { errNotImplemented } from '@flotilla/errdefs';
+import { errInvalidArgument, errNotImplemented, errUnknown } from '@flotilla/errdefs';
 
 /** How a layer media type is to be decompressed. */
 type Handling = 'none' | 'detect';
@@ -21,7 +22,7 @@ const LAYER_MEDIA_TYPES: ReadonlyMap<string, Handling> = new Map([
   ['application/vnd.docker.image.rootfs.foreign.diff.tar.gzip', 'detect'],
 ]);
 
-/** Whether applyLayer knows the media type (zstd ones are known but refused at apply time). */
+/** Whether applyLayer knows the media type. */
 export function isLayerMediaType(mediaType: string): boolean {
   return LAYER_MEDIA_TYPES.has(mediaType);
 }
@@ -69,7 +70,7 @@ async function peek(src: Readable, n: number): Promise<{ head: Buffer; stream: R
 
 /**
  * The uncompressed tar stream of a layer blob. Unknown media types are NotImplemented
- * (containerd: no stream processor for the media type); so is zstd, which this Node lacks.
+ * (containerd: no stream processor for the media type); zstd goes through the zstd tool.
  */
 export async function decompressLayer(src: Readable, mediaType: string): Promise<Readable> {
   const handling = LAYER_MEDIA_TYPES.get(mediaType);
@@ -81,9 +82,39 @@ export async function decompressLayer(src: Readable, mediaType: string): Promise
     stream.on('error', (err) => gunzip.destroy(err));
     return stream.pipe(gunzip);
   }
-  if (head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) {
-    stream.destroy();
-    throw errNotImplemented(`zstd-compressed layers (${mediaType})`);
-  }
+  if (head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return zstdDecompress(stream);
   return stream;
+}
+
+/**
+ * zstd decompression by the reference implementation's CLI (Debian's zstd package): this
+ * Node has no zstd in zlib. A failure of the tool fails the stream with its message;
+ * destroying the output (a refused layer) ends the tool.
+ */
+function zstdDecompress(src: Readable): Readable {
+  const child = spawn('zstd', ['-d', '-c', '-q', '--no-progress'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d.slice(0, 4096)));
+  // Ends only once zstd exited 0: a tool that fails half-way must not look like a short layer.
+  const out = new PassThrough();
+  child.stdout.pipe(out, { end: false });
+  const fail = (err: Error) => {
+    if (!out.destroyed) out.destroy(err);
+  };
+  child.on('error', (err) => fail(errUnknown(`zstd: ${err.message}`, { cause: err })));
+  child.on('close', (code, signal) => {
+    if (code === 0) out.end();
+    else fail(errInvalidArgument(`zstd: ${stderr.trim() || `exited ${code ?? signal}`}`));
+  });
+  child.stdin.on('error', () => {}); // EPIPE when zstd stops early: its exit says why
+  src.on('error', (err) => {
+    fail(err);
+    child.kill('SIGKILL');
+  });
+  out.on('close', () => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    src.destroy();
+  });
+  src.pipe(child.stdin);
+  return out;
 }

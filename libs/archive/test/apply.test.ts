@@ -147,14 +147,32 @@ test('decompression is bounded', async (t) => {
   assert.equal(ok.size, layer.length);
 });
 
-test('media types: unknown and zstd are NotImplemented; corrupt data fails', async (t) => {
+test('media types: unknown ones are NotImplemented; corrupt data fails', async (t) => {
   const root = await tmp(t);
   assert.ok(isLayerMediaType(TGZ));
   assert.ok(!isLayerMediaType('application/json'));
   const layer = await tarOf(file('a', 'a'));
   await assert.rejects(applyLayer(root, streamOf(layer), { mediaType: 'application/json', whiteouts: 'native' }), (err) => isNotImplemented(err));
-  const zstdMagic = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0]);
-  await assert.rejects(applyLayer(root, streamOf(zstdMagic), { mediaType: 'application/vnd.oci.image.layer.v1.tar+zstd', whiteouts: 'native' }), (err) => isNotImplemented(err));
   const bad = gzip(layer).subarray(0, 30);
   await assert.rejects(applyLayer(root, streamOf(bad), { mediaType: TGZ, whiteouts: 'native' }));
+});
+
+test('zstd layers apply (by the zstd tool); corrupt and truncated ones fail; the bound holds', async (t) => {
+  const root = await tmp(t);
+  const ZSTD = 'application/vnd.oci.image.layer.v1.tar+zstd';
+  const layer = await tarOf(file('z', 'zstd content\n'), dir('d'), file('d/big', Buffer.alloc(300_000, 1)));
+  const zst = execFileSync('zstd', ['-q', '-c'], { input: layer });
+  const res = await applyLayer(root, streamOf(zst), { mediaType: ZSTD, whiteouts: 'native' });
+  assert.equal(res.size, layer.length);
+  assert.equal(res.diffID, 'sha256:' + createHash('sha256').update(layer).digest('hex'));
+  assert.equal(await fs.readFile(path.join(root, 'z'), 'utf8'), 'zstd content\n');
+  assert.equal((await fs.stat(path.join(root, 'd/big'))).size, 300_000);
+  // A Docker media type is sniffed too.
+  const root2 = await tmp(t);
+  await applyLayer(root2, streamOf(zst), { mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', whiteouts: 'native' });
+  assert.equal(await fs.readFile(path.join(root2, 'z'), 'utf8'), 'zstd content\n');
+  const magicOnly = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0]);
+  await assert.rejects(applyLayer(await tmp(t), streamOf(magicOnly), { mediaType: ZSTD, whiteouts: 'native' }), (err) => isInvalidArgument(err) && /zstd/.test((err as Error).message));
+  await assert.rejects(applyLayer(await tmp(t), streamOf(zst.subarray(0, zst.length - 20)), { mediaType: ZSTD, whiteouts: 'native' }), (err) => /zstd/.test((err as Error).message));
+  await assert.rejects(applyLayer(await tmp(t), streamOf(zst), { mediaType: ZSTD, whiteouts: 'native', maxUncompressedBytes: 64 * 1024 }), (err) => isInvalidArgument(err) && /limit/.test((err as Error).message));
 });

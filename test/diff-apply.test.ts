@@ -1,0 +1,61 @@
+// Layer media types through the diff service's Apply, end to end: an image whose three
+// layers are an uncompressed tar, a tar+gzip and a tar+zstd is imported with the real
+// ctr into flotilla and into Debian's containerd; the unpacked trees must be the same.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { startReferenceContainerd, startStack, testNamespace, type Reference, type Stack } from '@flotilla/testing';
+import { describeTree, layerTar, ociArchive } from './snapshots-support.js';
+
+const execFileP = promisify(execFile);
+
+let stack: Stack;
+let ref: Reference;
+let dir: string;
+
+before(async () => {
+  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-apply-'));
+  ref = await startReferenceContainerd();
+  stack = await startStack();
+});
+
+after(async () => {
+  await stack?.stop();
+  await ref?.stop();
+  await fs.rm(dir, { recursive: true, force: true });
+});
+
+test('tar, tar+gzip and tar+zstd layers unpack to the tree Debian containerd unpacks', { timeout: 5 * 60_000 }, async (t) => {
+  const ns = testNamespace(t.name);
+  const layers = [
+    await layerTar([{ name: 'plain/', type: 'directory' }, { name: 'plain/a', content: 'from the tar layer\n' }, { name: 'shared', content: 'v1\n' }]),
+    await layerTar([{ name: 'gz/', type: 'directory', mode: 0o700 }, { name: 'gz/b', content: Buffer.alloc(200_000, 2) }, { name: 'shared', content: 'v2\n', mode: 0o600 }]),
+    await layerTar([{ name: 'zst/', type: 'directory' }, { name: 'zst/c', content: Buffer.alloc(300_000, 3), uid: 12, gid: 34 }, { name: '.wh.plain', content: '' }]),
+  ];
+  const image = await ociArchive(dir, 'flotilla.test/media-types:v1', layers, { perLayer: ['none', 'gzip', 'zstd'] });
+  const trees: unknown[] = [];
+  for (const side of [{ name: 'flotilla', ctr: stack.ctr }, { name: 'containerd', ctr: ref.ctr }]) {
+    const imp = await side.ctr(['images', 'import', image.archivePath], { namespace: ns, timeoutMs: 120_000 });
+    assert.equal(imp.code, 0, `${side.name}: ${imp.stderr}`);
+    const p = await side.ctr(['snapshots', 'prepare', 'probe', image.chainId], { namespace: ns });
+    assert.equal(p.code, 0, `${side.name}: ${p.stderr}`);
+    const target = await fs.mkdtemp(path.join(dir, 'mnt-'));
+    const m = await side.ctr(['snapshots', 'mounts', target, 'probe'], { namespace: ns });
+    assert.match(m.stdout.trim(), /^mount -t /, `${side.name}: ${m.stderr}`);
+    await execFileP('sh', ['-c', m.stdout.trim()]);
+    try {
+      trees.push(await describeTree(target));
+    } finally {
+      await execFileP('umount', [target]);
+    }
+  }
+  assert.deepEqual(trees[0], trees[1]);
+  const tree = trees[1] as Record<string, { sha256?: string; uid?: number }>;
+  assert.equal(tree.plain, undefined);
+  assert.equal(tree['zst/c']?.uid, 12);
+  assert.ok(tree['gz/b'] && tree.shared);
+});
