@@ -63,13 +63,13 @@ void runApp('metadata', async ({ cfg, bus, log }) => {
       }),
       ...endpointsFor(capi.ContainersDefinition, (m) => serviceSubject('containers', m), {
         get: async (req, ctx) => ({ container: await store.containerGet(ctx, req.id) }),
-        list: async (_req, ctx) => {
+        list: async (req, ctx) => {
           const out: capi.Container[] = [];
-          for await (const page of store.containerList(ctx)) out.push(...page);
+          for await (const page of store.containerList(ctx, req.filters)) out.push(...page);
           return { containers: out };
         },
-        listStream: async function* (_req, ctx) {
-          for await (const page of store.containerList(ctx)) for (const c of page) yield { container: c };
+        listStream: async function* (req, ctx) {
+          for await (const page of store.containerList(ctx, req.filters)) for (const c of page) yield { container: c };
         },
         create: async (req, ctx) => {
           if (!req.container) throw errInvalidArgument('container must be set');

@@ -1,12 +1,13 @@
 // The metadata service's PostgreSQL stores: namespaces, containers and leases, with
 // containerd's validation, error texts and events.
 import { randomBytes } from 'node:crypto';
-import { Any, containers as capi, leases as lapi, namespaces as napi, evContainer, evNamespace, toTimestamp } from '@flotilla/api';
+import { containers as capi, leases as lapi, namespaces as napi, evNamespace, toTimestamp } from '@flotilla/api';
 import { type Sql, sqlState, UNIQUE_VIOLATION } from '@flotilla/db';
 import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound } from '@flotilla/errdefs';
 import { namespaceRequired, validateIdentifier, validateLabels } from '@flotilla/identifiers';
 import type { CallContext } from '@flotilla/bus';
 import { applyMapPaths, refuseFields } from './fieldpaths.js';
+import { ContainerStore } from './containers.js';
 
 export const metadataMigrations = [
   `CREATE TABLE metadata_namespaces (
@@ -45,32 +46,6 @@ export const metadataMigrations = [
 /** Where the stores announce changes (containerd topics and event types). */
 export interface Publisher {
   (namespace: string, topic: string, typeUrl: `containerd.events.${string}`, type: { encode(m: any): { finish(): Uint8Array } }, event: unknown): void;
-}
-
-const encAny = (a: Any | undefined) => (a ? Buffer.from(Any.encode(a).finish()) : null);
-const decAny = (b: Buffer | null) => (b ? Any.decode(b) : undefined);
-
-function encExtensions(ext: Record<string, Any>): Buffer | null {
-  // Stored as a containers Container message holding only extensions: one codec, no new format.
-  return Object.keys(ext).length ? Buffer.from(capi.Container.encode(capi.Container.fromPartial({ extensions: ext })).finish()) : null;
-}
-function decExtensions(b: Buffer | null): Record<string, Any> {
-  return b ? capi.Container.decode(b).extensions : {};
-}
-
-function rowToContainer(r: any): capi.Container {
-  return {
-    id: r.id,
-    labels: r.labels ?? {},
-    image: r.image,
-    runtime: { name: r.runtime_name, options: decAny(r.runtime_options) },
-    spec: decAny(r.spec),
-    snapshotter: r.snapshotter,
-    snapshotKey: r.snapshot_key,
-    createdAt: toTimestamp(r.created_at),
-    updatedAt: toTimestamp(r.updated_at),
-    extensions: decExtensions(r.extensions),
-  };
 }
 
 export class MetadataStore {
@@ -126,104 +101,31 @@ export class MetadataStore {
     this.publish(name, '/namespaces/delete', 'containerd.events.NamespaceDelete', evNamespace.NamespaceDelete, { name });
   }
 
-  // ---- containers ----
+  // ---- containers (ContainerStore in containers.ts) ----
 
-  async containerGet(ctx: CallContext, id: string): Promise<capi.Container> {
-    const ns = namespaceRequired(ctx);
-    const rows = await this.sql`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id = ${id}`;
-    if (rows.length === 0) throw errNotFound(`container "${id}" in namespace "${ns}"`);
-    return rowToContainer(rows[0]);
+  private containerStore?: ContainerStore;
+  private get containers(): ContainerStore {
+    return (this.containerStore ??= new ContainerStore(this.sql, this.publish));
   }
 
-  async *containerList(ctx: CallContext): AsyncGenerator<capi.Container[]> {
-    const ns = namespaceRequired(ctx);
-    // TODO(filters): containerd's filter language arrives with the filters lib (issue 3).
-    let after = '';
-    for (;;) {
-      const rows = await this.sql`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id > ${after} ORDER BY id LIMIT 500`;
-      if (rows.length === 0) return;
-      yield rows.map(rowToContainer);
-      after = rows[rows.length - 1]!.id;
-    }
+  containerGet(ctx: CallContext, id: string): Promise<capi.Container> {
+    return this.containers.get(ctx, id);
   }
 
-  private validateContainer(c: capi.Container): void {
-    try {
-      validateIdentifier(c.id);
-    } catch (err) {
-      throw errInvalidArgument(`container.ID ${(err as Error).message.replace(/: invalid argument$/, '')}`);
-    }
-    validateLabels(c.labels);
-    if (!c.runtime?.name) throw errInvalidArgument('container.Runtime.Name must be set');
-    if (!c.spec) throw errInvalidArgument('container.Spec must be set');
-    if (c.snapshotKey && !c.snapshotter) throw errInvalidArgument('container.Snapshotter must be set if container.SnapshotKey is set');
+  containerList(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<capi.Container[]> {
+    return this.containers.list(ctx, filters);
   }
 
-  async containerCreate(ctx: CallContext, c: capi.Container): Promise<capi.Container> {
-    const ns = namespaceRequired(ctx);
-    this.validateContainer(c);
-    let row;
-    try {
-      await this.namespaceEnsure(ns);
-      [row] = await this.sql`INSERT INTO metadata_containers
-        (namespace, id, labels, image, runtime_name, runtime_options, spec, snapshotter, snapshot_key, extensions)
-        VALUES (${ns}, ${c.id}, ${this.sql.json(c.labels ?? {})}, ${c.image}, ${c.runtime!.name}, ${encAny(c.runtime!.options)},
-                ${encAny(c.spec)}, ${c.snapshotter}, ${c.snapshotKey}, ${encExtensions(c.extensions ?? {})})
-        RETURNING *`;
-    } catch (err) {
-      if (sqlState(err) === UNIQUE_VIOLATION) throw errAlreadyExists(`container "${c.id}"`);
-      throw err;
-    }
-    if (ctx.lease) await this.leaseAddResource(ctx, ctx.lease, { type: 'containers', id: c.id }).catch(() => {});
-    const out = rowToContainer(row);
-    this.publish(ns, '/containers/create', 'containerd.events.ContainerCreate', evContainer.ContainerCreate, {
-      id: c.id, image: c.image, runtime: { name: c.runtime!.name, options: c.runtime!.options },
-    });
-    return out;
+  containerCreate(ctx: CallContext, c: capi.Container): Promise<capi.Container> {
+    return this.containers.create(ctx, c);
   }
 
-  async containerUpdate(ctx: CallContext, c: capi.Container, paths: string[]): Promise<capi.Container> {
-    const ns = namespaceRequired(ctx);
-    return this.sql.begin(async (tx) => {
-      const rows = await tx`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id = ${c.id} FOR UPDATE`;
-      if (rows.length === 0) throw errNotFound(`cannot update container "${c.id}" in namespace "${ns}"`);
-      const cur = rowToContainer(rows[0]);
-      let next: capi.Container;
-      if (paths.length === 0) {
-        // No mask: everything but immutable fields is replaced (containerd's behaviour).
-        if (c.runtime?.name && c.runtime.name !== cur.runtime?.name) throw errInvalidArgument(`container.Runtime.Name field is immutable`);
-        if (c.snapshotter && c.snapshotter !== cur.snapshotter) throw errInvalidArgument(`container.Snapshotter field is immutable`);
-        next = { ...cur, labels: c.labels, spec: c.spec, extensions: c.extensions, image: c.image, snapshotKey: c.snapshotKey };
-      } else {
-        const l = applyMapPaths('labels', cur.labels, c.labels ?? {}, paths);
-        const e = applyMapPaths('extensions', cur.extensions, c.extensions ?? {}, l.rest, (v) => !v);
-        next = { ...cur, labels: l.value, extensions: e.value };
-        const rest: string[] = [];
-        for (const p of e.rest) {
-          if (p === 'spec') next.spec = c.spec;
-          else if (p === 'image') next.image = c.image;
-          else if (p === 'snapshotkey') next.snapshotKey = c.snapshotKey;
-          else rest.push(p);
-        }
-        refuseFields('container', c.id, rest);
-      }
-      this.validateContainer(next);
-      const [row] = await tx`UPDATE metadata_containers SET labels = ${tx.json(next.labels)}, image = ${next.image},
-        spec = ${encAny(next.spec)}, snapshot_key = ${next.snapshotKey}, extensions = ${encExtensions(next.extensions)}, updated_at = now()
-        WHERE namespace = ${ns} AND id = ${c.id} RETURNING *`;
-      const out = rowToContainer(row);
-      this.publish(ns, '/containers/update', 'containerd.events.ContainerUpdate', evContainer.ContainerUpdate, {
-        id: out.id, image: out.image, labels: out.labels, snapshotKey: out.snapshotKey,
-      });
-      return out;
-    });
+  containerUpdate(ctx: CallContext, c: capi.Container, paths: string[]): Promise<capi.Container> {
+    return this.containers.update(ctx, c, paths);
   }
 
-  async containerDelete(ctx: CallContext, id: string): Promise<void> {
-    const ns = namespaceRequired(ctx);
-    const rows = await this.sql`DELETE FROM metadata_containers WHERE namespace = ${ns} AND id = ${id} RETURNING id`;
-    if (rows.length === 0) throw errNotFound(`cannot delete container "${id}" in namespace "${ns}"`);
-    this.publish(ns, '/containers/delete', 'containerd.events.ContainerDelete', evContainer.ContainerDelete, { id });
+  containerDelete(ctx: CallContext, id: string): Promise<void> {
+    return this.containers.delete(ctx, id);
   }
 
   // ---- leases ----
