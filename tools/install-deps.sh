@@ -5,13 +5,13 @@
 #   containerd      ctr and containerd-shim-runc-v2 (its daemon is never started by flotilla;
 #                   tests start it on a private socket only as a reference to compare with)
 #   runc, nats-server, postgresql (its binaries: flotilla runs a private cluster),
-#   busybox-static + umoci (test images), attr (setfattr), psmisc,
+#   busybox-static + umoci (test images), attr (setfattr), psmisc, zstd (tar+zstd layers),
 #   golang-go       builds containerd's Go testsuites and client cases (tools/gotest)
 #   tmux            drives ctr run -t / exec -t interactively in the task tests
 #   protobuf-compiler + golang-github-containerd-{containerd,ttrpc}-dev (npm run gen, and
 #                   containerd's source as the behaviour reference)
 set -euo pipefail
-PKGS=(containerd runc nats-server postgresql busybox-static umoci attr psmisc protobuf-compiler golang-go
+PKGS=(containerd runc nats-server postgresql busybox-static umoci attr psmisc zstd protobuf-compiler golang-go
       golang-github-containerd-containerd-dev golang-github-containerd-ttrpc-dev tmux)
 missing=()
 for p in "${PKGS[@]}"; do
