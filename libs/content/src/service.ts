@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { content as api, toTimestamp } from '@flotilla/api';
 import type { CallContext } from '@flotilla/bus';
-import { ContainerdError, ErrorClass, errInvalidArgument, errUnavailable, withClass } from '@flotilla/errdefs';
+import { ContainerdError, ErrorClass, errUnavailable, withClass } from '@flotilla/errdefs';
 import { digestError } from './digest.js';
 import type { ContentStore, Info, Status, Writer } from './store.js';
 
@@ -23,6 +23,8 @@ interface WriteSession {
 
 /** A session the client stopped talking to is closed (ingest kept) after this long. */
 const SESSION_IDLE_MS = 60_000;
+/** time.Time{} as a protobuf Timestamp (0001-01-01T00:00:00Z). */
+const GO_ZERO_TIME = { seconds: -62135596800, nanos: 0 };
 /** containerd's List sends blocks of this many infos. */
 const LIST_BLOCK = 100;
 
@@ -37,7 +39,7 @@ function toInfo(i: Info, withUpdated = true): api.Info {
     size: i.size,
     labels: i.labels,
     createdAt: toTimestamp(i.createdAt),
-    updatedAt: withUpdated ? toTimestamp(i.updatedAt) : undefined,
+    updatedAt: withUpdated ? toTimestamp(i.updatedAt) : GO_ZERO_TIME,
   };
 }
 
@@ -69,7 +71,7 @@ export class ContentService {
   async *list(req: api.ListContentRequest, ctx: CallContext): AsyncGenerator<api.ListContentResponse> {
     let block: api.Info[] = [];
     for await (const info of this.store.walk(ctx, req.filters)) {
-      // containerd's List leaves updated_at out.
+      // containerd's List leaves updated_at at Go's zero time.
       block.push(toInfo(info, false));
       if (block.length >= LIST_BLOCK) {
         yield { info: block };
@@ -95,7 +97,8 @@ export class ContentService {
     let size = req.size;
     if (size <= 0 || offset + size > info.size) size = info.size - offset;
     if (size === 0) return;
-    for await (const c of this.store.backend.read(req.digest, offset, size, this.readChunk)) yield { offset: c.offset, data: c.data as Buffer };
+    // containerd numbers the replies' offsets from the start of the read, not of the blob.
+    for await (const c of this.store.backend.read(req.digest, offset, size, this.readChunk)) yield { offset: c.offset - offset, data: c.data as Buffer };
   }
 
   async status(req: api.StatusRequest, ctx: CallContext): Promise<api.StatusResponse> {
@@ -126,7 +129,8 @@ export class ContentService {
       id: randomUUID(),
       ref: req.ref,
       writer,
-      msg: api.WriteContentResponse.fromPartial({}),
+      // gogo's non-nullable timestamps: Go's zero time until a STAT fills them in.
+      msg: api.WriteContentResponse.fromPartial({ startedAt: GO_ZERO_TIME, updatedAt: GO_ZERO_TIME }),
       total: req.total,
       expected: req.expected,
       timer: undefined,
@@ -211,7 +215,8 @@ export class ContentService {
         return false;
       }
       default:
-        throw errInvalidArgument(`unknown write action ${req.action}`);
+        // containerd answers an unknown action with the status fields alone.
+        return false;
     }
   }
 
