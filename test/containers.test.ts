@@ -107,14 +107,17 @@ test('ctr creates, lists with filters, labels, shows and removes containers', as
 
 test('update masks, extensions, spec and errors as containerd', async (t) => {
   const ns = testNamespace(t.name);
-  const base = { id: 'u1', labels: { a: '1', b: '2' }, image: 'img', runtime: { name: 'io.containerd.runc.v2', options: undefined }, spec, snapshotter: 'native', snapshotKey: 'k1', extensions: { e1: ext('one') } };
-  const created = (await call('Create', C.CreateContainerRequest, C.CreateContainerResponse, { container: base as capi.Container }, ns)).container!;
+  const base: capi.Container = {
+    id: 'u1', labels: { a: '1', b: '2' }, image: 'img', runtime: { name: 'io.containerd.runc.v2', options: undefined }, spec,
+    snapshotter: 'native', snapshotKey: 'k1', extensions: { e1: ext('one') }, createdAt: undefined, updatedAt: undefined,
+  };
+  const created = (await call('Create', C.CreateContainerRequest, C.CreateContainerResponse, { container: base }, ns)).container!;
   assert.ok(created.createdAt && created.updatedAt);
-  await assert.rejects(call('Create', C.CreateContainerRequest, C.CreateContainerResponse, { container: base as capi.Container }, ns), (e: grpc.ServiceError) =>
+  await assert.rejects(call('Create', C.CreateContainerRequest, C.CreateContainerResponse, { container: base }, ns), (e: grpc.ServiceError) =>
     e.code === grpc.status.ALREADY_EXISTS && /container "u1": already exists/.test(e.details));
 
   const update = (c: Partial<capi.Container>, paths: string[]) =>
-    call('Update', C.UpdateContainerRequest, C.UpdateContainerResponse, { container: { ...base, ...c } as capi.Container, updateMask: paths }, ns).then((r) => r.container!);
+    call('Update', C.UpdateContainerRequest, C.UpdateContainerResponse, { container: { ...base, ...c }, updateMask: paths }, ns).then((r) => r.container!);
 
   // One label set, one removed, one extension replaced; nothing else changes.
   let u = await update({ labels: { a: 'x' }, extensions: { e1: ext('uno'), e2: ext('two') }, image: 'other' }, ['labels.a', 'labels.b', 'extensions.e2']);
@@ -138,9 +141,9 @@ test('update masks, extensions, spec and errors as containerd', async (t) => {
   const listed = (await call('List', C.ListContainersRequest, C.ListContainersResponse, { filters: ['labels.only==this'] }, ns)).containers;
   assert.deepEqual(listed.map((c) => c.id), ['u1']);
 
-  await assert.rejects(call('Create', C.CreateContainerRequest, C.CreateContainerResponse, { container: { ...base, id: 'u2', spec: undefined } as capi.Container }, ns),
+  await assert.rejects(call('Create', C.CreateContainerRequest, C.CreateContainerResponse, { container: { ...base, id: 'u2', spec: undefined } }, ns),
     invalid(/create container failed validation: container.Spec must be set/));
-  await assert.rejects(call('Create', C.CreateContainerRequest, C.CreateContainerResponse, { container: { ...base, id: 'u2', snapshotter: '' } as capi.Container }, ns),
+  await assert.rejects(call('Create', C.CreateContainerRequest, C.CreateContainerResponse, { container: { ...base, id: 'u2', snapshotter: '' } }, ns),
     invalid(/container.Snapshotter must be set if container.SnapshotKey is set/));
   await call('Delete', C.DeleteContainerRequest, { decode: () => ({}) } as any, { id: 'u1' }, ns);
   await assert.rejects(call('Get', C.GetContainerRequest, C.GetContainerResponse, { id: 'u1' }, ns), (e: grpc.ServiceError) =>
