@@ -67,7 +67,7 @@ test('npm run bench -- --quick measures both sides and writes JSON, SVG and mark
     for (const side of ['flotilla', 'containerd'] as const) {
       assert.ok(res.memory[side].peakSampled.rssKiB >= res.memory[side].idleTotal.rssKiB);
     }
-    assert.ok(res.memory.ratio.idleRss > 0 && Number.isFinite(res.memory.ratio.peakRss));
+    assert.ok(res.memory.ratio.idleRss > 0 && Number.isFinite(res.memory.ratio.peakRss) && Number.isFinite(res.memory.ratio.peakPss));
 
     const svg = await fs.readFile(path.join(out, 'benchmarks.svg'), 'utf8');
     assert.match(svg, /^<svg /);

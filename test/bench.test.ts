@@ -39,7 +39,7 @@ function results(metrics: MetricResult[]): BenchResults {
     host: { cpus: 2, kernel: 'k', node: 'v20', loadavgStart: [0, 0, 0], loadavgEnd: [0, 0, 0], commit: 'abc' },
     versions: { flotilla: 'f', containerd: 'c' },
     metrics,
-    memory: { flotilla: mem, containerd: mem, ratio: { idleRss: 2, idlePss: 1.5, peakRss: 3 } },
+    memory: { flotilla: mem, containerd: mem, ratio: { idleRss: 2, idlePss: 1.5, peakRss: 3, peakPss: 2.5 } },
   };
 }
 

@@ -176,7 +176,7 @@ async function main(): Promise<void> {
       memory: {
         flotilla: fm,
         containerd: cm,
-        ratio: { idleRss: fm.idleTotal.rssKiB / cm.idleTotal.rssKiB, idlePss: fm.idleTotal.pssKiB / cm.idleTotal.pssKiB, peakRss: fm.peakSampled.rssKiB / cm.peakSampled.rssKiB },
+        ratio: { idleRss: fm.idleTotal.rssKiB / cm.idleTotal.rssKiB, idlePss: fm.idleTotal.pssKiB / cm.idleTotal.pssKiB, peakRss: fm.peakSampled.rssKiB / cm.peakSampled.rssKiB, peakPss: fm.peakSampled.pssKiB / cm.peakSampled.pssKiB },
       },
     };
 

@@ -45,7 +45,7 @@ export interface BenchResults {
   host: { cpus: number; kernel: string; node: string; loadavgStart: number[]; loadavgEnd: number[]; commit: string };
   versions: Record<SideName, string>;
   metrics: MetricResult[];
-  memory: Record<SideName, SideMemory> & { ratio: { idleRss: number; idlePss: number; peakRss: number } };
+  memory: Record<SideName, SideMemory> & { ratio: { idleRss: number; idlePss: number; peakRss: number; peakPss: number } };
 }
 
 export function fmtSeconds(s: number): string {
@@ -72,6 +72,7 @@ export function textTable(res: BenchResults): string {
   rows.push(['memory idle (RSS)', fmtMiB(mem.flotilla.idleTotal.rssKiB), fmtMiB(mem.containerd.idleTotal.rssKiB), mem.ratio.idleRss.toFixed(2), '']);
   rows.push(['memory idle (PSS)', fmtMiB(mem.flotilla.idleTotal.pssKiB), fmtMiB(mem.containerd.idleTotal.pssKiB), mem.ratio.idlePss.toFixed(2), '']);
   rows.push(['memory peak (RSS)', fmtMiB(mem.flotilla.peakSampled.rssKiB), fmtMiB(mem.containerd.peakSampled.rssKiB), mem.ratio.peakRss.toFixed(2), '']);
+  rows.push(['memory peak (PSS)', fmtMiB(mem.flotilla.peakSampled.pssKiB), fmtMiB(mem.containerd.peakSampled.pssKiB), mem.ratio.peakPss.toFixed(2), '']);
   const widths = rows[0]!.map((_, i) => Math.min(60, Math.max(...rows.map((r) => r[i]!.length))));
   return rows.map((r) => r.map((c, i) => (c.length > 60 ? c.slice(0, 57) + '...' : c).padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
 }
@@ -100,9 +101,10 @@ export function markdown(res: BenchResults, svgName: string): string {
   const mem = res.memory;
   out.push('', '### Memory', '');
   out.push(`Idle: after start-up, the busybox import and one warm-up run. Peak: the largest simultaneous total seen by a 2 s sampler during the workloads (shims included). PSS splits shared pages among the processes sharing them (PostgreSQL's shared buffers, node's shared libraries).`, '');
-  out.push('| | idle RSS | idle PSS | peak RSS (sampled) | ratio idle RSS | ratio idle PSS | ratio peak RSS |', '|---|---|---|---|---|---|---|');
-  out.push(`| flotilla | ${fmtMiB(mem.flotilla.idleTotal.rssKiB)} | ${fmtMiB(mem.flotilla.idleTotal.pssKiB)} | ${fmtMiB(mem.flotilla.peakSampled.rssKiB)} | ${mem.ratio.idleRss.toFixed(2)} | ${mem.ratio.idlePss.toFixed(2)} | ${mem.ratio.peakRss.toFixed(2)} |`);
-  out.push(`| containerd | ${fmtMiB(mem.containerd.idleTotal.rssKiB)} | ${fmtMiB(mem.containerd.idleTotal.pssKiB)} | ${fmtMiB(mem.containerd.peakSampled.rssKiB)} | | | |`, '');
+  out.push('| | idle RSS | idle PSS | peak RSS (sampled) | peak PSS (sampled) | ratio idle RSS | ratio idle PSS | ratio peak RSS | ratio peak PSS |', '|---|---|---|---|---|---|---|---|---|');
+  out.push(`| flotilla | ${fmtMiB(mem.flotilla.idleTotal.rssKiB)} | ${fmtMiB(mem.flotilla.idleTotal.pssKiB)} | ${fmtMiB(mem.flotilla.peakSampled.rssKiB)} | ${fmtMiB(mem.flotilla.peakSampled.pssKiB)} | ${mem.ratio.idleRss.toFixed(2)} | ${mem.ratio.idlePss.toFixed(2)} | ${mem.ratio.peakRss.toFixed(2)} | ${mem.ratio.peakPss.toFixed(2)} |`);
+  out.push(`| containerd | ${fmtMiB(mem.containerd.idleTotal.rssKiB)} | ${fmtMiB(mem.containerd.idleTotal.pssKiB)} | ${fmtMiB(mem.containerd.peakSampled.rssKiB)} | ${fmtMiB(mem.containerd.peakSampled.pssKiB)} | | | | |`, '');
+  out.push('RSS counts PostgreSQL\'s shared buffers once per backend; PSS is the fairer total.', '');
   out.push('| side | process | count (idle) | idle RSS | idle PSS | peak (VmHWM at end) |', '|---|---|---|---|---|---|');
   for (const side of ['flotilla', 'containerd'] as const) {
     for (const g of mem[side].idle) {
@@ -128,7 +130,7 @@ const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replac
 /** Horizontal bars of log2(ratio) around 1.0, one row per ratio; targets as ticks. */
 export function svgChart(res: BenchResults): string {
   const rows: { label: string; ratio?: number; target?: number; note?: string }[] = res.metrics.map((m) => ({ label: m.label, ratio: m.ratio, target: m.target, note: m.ratio === undefined ? m.status : undefined }));
-  rows.push({ label: 'memory idle (PSS)', ratio: res.memory.ratio.idlePss }, { label: 'memory peak (RSS)', ratio: res.memory.ratio.peakRss });
+  rows.push({ label: 'memory idle (PSS)', ratio: res.memory.ratio.idlePss }, { label: 'memory peak (PSS)', ratio: res.memory.ratio.peakPss });
   const logs = rows.filter((r) => r.ratio !== undefined && r.ratio > 0).map((r) => Math.log2(r.ratio!));
   // Room for the value printed past each bar's end.
   const lo = Math.min(-1, Math.floor(Math.min(0, ...logs) - 0.4));
