@@ -23,6 +23,10 @@ import (
 	"github.com/containerd/typeurl"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	cgroupsv1 "github.com/containerd/cgroups/stats/v1"
+	cgroupsv2 "github.com/containerd/cgroups/v2/stats"
 
 	apievents "github.com/containerd/containerd/api/events"
 )
@@ -119,6 +123,7 @@ func TestRunWithOutput(t *testing.T) {
 	if err != nil || code != 7 {
 		t.Fatalf("exit %d, %v", code, err)
 	}
+	task.IO().Wait() // the copy of stdout finishes after the exit is reported
 	if _, err := task.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -159,6 +164,7 @@ func TestExec(t *testing.T) {
 	if st.ExitCode() != 3 {
 		t.Fatalf("exec exit %d, %v", st.ExitCode(), st.Error())
 	}
+	p.IO().Wait() // the copy of stdout finishes after the exit is reported
 	if _, err := p.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -298,5 +304,45 @@ func TestLeaseProtectedContent(t *testing.T) {
 	}
 	if _, err := c.ContentStore().Info(ctx, dgst); !errdefs.IsNotFound(err) {
 		t.Fatalf("content after its lease went: %v", err)
+	}
+}
+
+// Update sets the task's memory limit; Metrics reports it in containerd's cgroup types.
+func TestUpdateAndMetrics(t *testing.T) {
+	ctx, c, img := setup(t)
+	ctr := newContainer(t, ctx, c, img, "upd", "/bin/sleep", "1000")
+	task, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	limit := int64(64 << 20)
+	if err := task.Update(ctx, containerd.WithResources(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})); err != nil {
+		t.Fatal(err)
+	}
+	m, err := task.Metrics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.ID != "upd" {
+		t.Fatalf("metric id %q", m.ID)
+	}
+	v, err := typeurl.UnmarshalAny(m.Data)
+	if err != nil {
+		t.Fatalf("metrics data %s: %v", m.Data.TypeUrl, err)
+	}
+	switch s := v.(type) {
+	case *cgroupsv1.Metrics:
+		if s.Memory == nil || s.Memory.Usage == nil || s.Memory.Usage.Limit != uint64(limit) || s.Pids == nil || s.Pids.Current != 1 {
+			t.Fatalf("v1 metrics %+v", s)
+		}
+	case *cgroupsv2.Metrics:
+		if s.Memory == nil || s.Memory.UsageLimit != uint64(limit) || s.Pids == nil || s.Pids.Current != 1 {
+			t.Fatalf("v2 metrics %+v", s)
+		}
+	default:
+		t.Fatalf("metrics of type %T", v)
 	}
 }
