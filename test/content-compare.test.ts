@@ -167,6 +167,8 @@ function stamps(a: Answer): Answer {
     }
     return v;
   };
+  // containerd lists active ingests in Go map order: compare them sorted by ref.
+  for (const r of a.replies as { statuses?: api.Status[] }[]) r?.statuses?.sort((x, y) => x.ref.localeCompare(y.ref));
   return { ...a, details: lockMsg(a.details), replies: strip(a.replies) as unknown[] };
 }
 
