@@ -60,6 +60,17 @@ function metadataCarrier(md: grpc.Metadata): Carrier {
   return { get: (k) => (md.get(k)[0] as string | undefined) ?? undefined, set: () => {} };
 }
 
+/**
+ * The first value of a header, as containerd reads it. A client that sends the header twice
+ * (the Go client's WithNamespace appends) reaches grpc-js as one comma-joined value;
+ * namespaces and lease ids cannot contain commas, so the first element is the first value.
+ */
+function firstValue(md: grpc.Metadata, key: string): string | undefined {
+  const v = md.get(key)[0];
+  if (typeof v !== 'string') return undefined;
+  return v.split(',')[0]!.trim() || undefined;
+}
+
 function toStatus(err: unknown): Partial<grpc.StatusObject> {
   const cls = classOf(err);
   return { code: grpcCodeOf(cls) as number as grpc.status, details: messageOf(err) };
@@ -98,10 +109,10 @@ export class Gateway {
   private contextOf(call: { metadata: grpc.Metadata; getDeadline(): grpc.Deadline }): CallContext {
     const md = call.metadata;
     const ctx: CallContext = { node: this.opts.nodeId };
-    const ns = md.get(NAMESPACE_KEY)[0];
-    if (typeof ns === 'string' && ns) ctx.namespace = ns;
-    const lease = md.get(LEASE_KEY)[0];
-    if (typeof lease === 'string' && lease) ctx.lease = lease;
+    const ns = firstValue(md, NAMESPACE_KEY);
+    if (ns) ctx.namespace = ns;
+    const lease = firstValue(md, LEASE_KEY);
+    if (lease) ctx.lease = lease;
     const dl = call.getDeadline();
     const ms = dl instanceof Date ? dl.getTime() : dl;
     if (Number.isFinite(ms) && ms > 0) ctx.deadline = ms;
