@@ -77,3 +77,10 @@ test('a task call is one trace: gateway -> tasks service -> node agent', async (
   const agent = await waitSpan((s) => s.traceId === gw.traceId && s.parentSpanId === svc.spanId && /node-agent/.test(s.service));
   assert.match(agent.name, /Create/);
 });
+test('a content write is one trace across gateway and content service', async (t) => {
+  const ns = testNamespace(t.name);
+  const r = await stack.ctr(['content', 'ingest', 'traced-ref'], { namespace: ns, input: 'traced bytes\n' });
+  assert.equal(r.code, 0, r.stderr);
+  const gw = await waitSpan((s) => s.name === '/containerd.services.content.v1.Content/Write');
+  await waitSpan((s) => s.traceId === gw.traceId && /content/.test(s.service) && s.parentSpanId === gw.spanId);
+});

@@ -10,7 +10,7 @@ import * as api from '@flotilla/api';
 import type { ServiceDefinition } from '@flotilla/api';
 import { Bus, type CallContext } from '@flotilla/bus';
 import { ContainerdError, ErrorClass, classOf, grpcCodeOf, messageOf, errUnavailable, isUnavailable } from '@flotilla/errdefs';
-import { SpanKind, extractTrace, otelContext, withSpan, type Carrier } from '@flotilla/telemetry';
+import { SpanKind, extractTrace, openSpan, otelContext, withSpan, type Carrier } from '@flotilla/telemetry';
 import { routeFor, type Route } from './routes.js';
 import { decodeCheckRequest, encodeCheckResponse, healthDefinition, ServingStatus } from './health.js';
 import { listPlugins } from './introspection.js';
@@ -165,8 +165,11 @@ export class Gateway {
   private contentWrite(): grpc.handleBidiStreamingCall<Buffer, Buffer> {
     const { bus } = this.opts;
     const WA = api.content.WriteAction;
+    const pathName = `/${api.content.ContentDefinition.fullName}/Write`;
     return (call) => {
       const ctx = this.contextOf(call);
+      // One server span for the whole stream; each step's bus request runs inside it.
+      const span = openSpan(pathName, SpanKind.SERVER, extractTrace(metadataCarrier(call.metadata), otelContext.active()), { 'rpc.system': 'grpc', 'rpc.method': pathName });
       let session = '';
       let next = '';
       let finished = false;
@@ -176,6 +179,7 @@ export class Gateway {
       const fail = (err: unknown) => {
         if (finished) return;
         finished = true;
+        span.end(err);
         void closeSession();
         call.emit('error', Object.assign(new Error(messageOf(err)), toStatus(err)));
       };
@@ -219,6 +223,7 @@ export class Gateway {
         if (reply.done) {
           session = '';
           finished = true;
+          span.end();
           call.end();
         }
       };
@@ -230,6 +235,7 @@ export class Gateway {
           if (ended && !finished) {
             finished = true;
             await closeSession();
+            span.end();
             call.end();
           }
         } catch (err) {
@@ -240,17 +246,21 @@ export class Gateway {
       };
       call.on('data', (b: Buffer) => {
         queue.push(b);
-        void pump();
+        void otelContext.with(span.context, pump);
       });
       call.on('end', () => {
         ended = true;
-        void pump();
+        void otelContext.with(span.context, pump);
       });
       call.on('cancelled', () => {
         finished = true;
+        span.end(new Error('cancelled'));
         void closeSession();
       });
-      call.on('error', () => void closeSession());
+      call.on('error', (err) => {
+        span.end(err);
+        void closeSession();
+      });
     };
   }
 

@@ -52,6 +52,27 @@ export async function withSpan<T>(name: string, kind: SpanKind, parent: Context,
   }
 }
 
+/** A span that outlives one function call (a bidirectional stream); end() it exactly once. */
+export interface OpenSpan {
+  /** The context to run the stream's work in, so calls it makes continue the trace. */
+  context: Context;
+  end(err?: unknown): void;
+}
+
+export function openSpan(name: string, kind: SpanKind, parent: Context, attrs: Record<string, string>): OpenSpan {
+  const span = tracer().startSpan(name, { kind, attributes: attrs }, parent);
+  let ended = false;
+  return {
+    context: trace.setSpan(parent, span),
+    end(err) {
+      if (ended) return;
+      ended = true;
+      if (err !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.message : String(err) });
+      span.end();
+    },
+  };
+}
+
 /** Carrier accessors for anything with get/set of string values (NATS headers, gRPC metadata). */
 export interface Carrier {
   get(key: string): string | undefined;
