@@ -131,10 +131,16 @@ test('containers survive kill -9 of agent, tasks and gateway; exits are reported
     }
   };
 
-  // 1. The node agent. Meanwhile e's process is killed and d's shim dies.
+  // An exec process in a, to be killed during the first outage.
+  await ok(ns, ['tasks', 'exec', '-d', '--exec-id', 'x1', 'a', '/bin/sleep', '100000']);
+  const x1pid = (await ok(ns, ['tasks', 'ps', 'a'])).trim().split('\n').slice(1).map((l) => Number(l.trim().split(/\s+/)[0])).find((p) => p !== keep.a)!;
+  assert.ok(x1pid > 0);
+
+  // 1. The node agent. Meanwhile e's process and a's exec are killed and d's shim dies.
   const dShim = await shimOf(ns, 'd');
   await killApps(['node-agent'], ns, async () => {
     process.kill(before.e!.pid, 'SIGKILL');
+    process.kill(x1pid, 'SIGKILL');
     process.kill(dShim, 'SIGKILL');
   });
   await stillRunning('after the agent');
@@ -197,6 +203,9 @@ test('containers survive kill -9 of agent, tasks and gateway; exits are reported
     assert.equal(exits(id).length, 1, `${id}: ${JSON.stringify(exits(id))}`);
     assert.deepEqual([exits(id)[0]!.pid, exits(id)[0]!.exitStatus], [pid, 137], id);
   }
+  const x1 = seen.filter((s) => s.namespace === ns && s.topic === '/tasks/exit' && s.containerId === 'a' && s.id === 'x1');
+  assert.equal(x1.length, 1, JSON.stringify(x1));
+  assert.deepEqual([x1[0]!.pid, x1[0]!.exitStatus], [x1pid, 137]);
   // The dead shims' tasks: one exit and one delete each, for the process that ran.
   for (const [id, pid] of [['d', before.d!.pid], ['a', keep.a]] as const) {
     const del = seen.filter((s) => s.namespace === ns && s.topic === '/tasks/delete' && s.containerId === id && s.pid === pid);

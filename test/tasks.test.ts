@@ -246,6 +246,11 @@ test('ctr events shows the lifecycle topics live, filtered as asked', async (t) 
   const exit = lines[at('/tasks/exit')]!;
   assert.match(exit, /"container_id":"ev1","id":"ev1","pid":\d+,"exit_status":137/);
 
+  // A container killed by the OOM killer: /tasks/oom (from the shim's cgroup watch), then 137.
+  const oom = await stack.ctr(['run', '--rm', '--memory-limit', '20000000', image.name, 'oom1', '/bin/sh', '-c', 'x=$(yes 0123456789abcdef | head -c 200000000); echo survived'], { namespace: ns });
+  assert.equal(oom.code, 137, oom.stderr + oom.stdout);
+  await until('/tasks/oom', async () => all.text().split('\n').some((l) => l.includes(` ${ns} /tasks/oom `) && l.includes('"container_id":"oom1"')));
+
   // The filtered subscriber saw this namespace's task events and nothing else.
   await until('the filtered subscriber', async () => filtered.text().includes('/tasks/delete'));
   const got = filtered.text().trim().split('\n');

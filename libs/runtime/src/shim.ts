@@ -304,7 +304,14 @@ export class ShimManager {
 
   /** Adds an exec process to a running task; start it with startTask(ns, id, execId). */
   async exec(namespace: string, id: string, execId: string, o: ExecOptions): Promise<void> {
-    await this.call(this.get(namespace, id), 'Exec', sapi.ExecProcessRequest, Empty, { id, execId, ...o });
+    const h = this.get(namespace, id);
+    await this.call(h, 'Exec', sapi.ExecProcessRequest, Empty, { id, execId, ...o });
+    // Remembered so that a restarted agent can look for exec exits it missed.
+    try {
+      appendFileSync(path.join(h.bundle.path, 'execs'), execId + '\n', { mode: 0o600 });
+    } catch (err) {
+      this.log('record exec', { namespace, id, execId, error: messageOf(err) });
+    }
   }
 
   async resizePty(namespace: string, id: string, width: number, height: number, execId = ''): Promise<void> {
@@ -579,18 +586,37 @@ export class ShimManager {
     return true;
   }
 
-  /** After reconnecting: an init process that exited while we were away is reported once. */
+  /**
+   * After reconnecting: a process (init or a recorded exec) that exited while we were away
+   * and whose exit nobody reported is reported now, once.
+   */
   private async reportMissedExit(bundle: Bundle): Promise<void> {
     const { namespace, id } = bundle;
-    const st = await this.state(namespace, id);
-    if (st.status !== taskTypes.Status.STOPPED) return;
-    if (!this.claimExit(namespace, id, '', st.pid)) return;
-    await this.opts.onEvent({
-      topic: '/tasks/exit',
-      namespace,
-      event: packAny('containerd.events.TaskExit', evTask.TaskExit, { containerId: id, id, pid: st.pid, exitStatus: st.exitStatus, exitedAt: st.exitedAt }),
-      timestamp: toTimestamp(),
-    });
+    let execs: string[] = [];
+    try {
+      execs = [...new Set(readFileSync(path.join(bundle.path, 'execs'), 'utf8').split('\n').filter(Boolean))];
+    } catch {
+      // no execs recorded
+    }
+    for (const execId of ['', ...execs]) {
+      let st: sapi.StateResponse;
+      try {
+        st = await this.state(namespace, id, execId);
+      } catch (err) {
+        if (isNotFound(err)) continue; // an exec deleted since
+        throw err;
+      }
+      if (st.status !== taskTypes.Status.STOPPED) continue;
+      if (!this.claimExit(namespace, id, execId, st.pid)) continue;
+      await this.opts.onEvent({
+        topic: '/tasks/exit',
+        namespace,
+        event: packAny('containerd.events.TaskExit', evTask.TaskExit, {
+          containerId: id, id: execId || id, pid: st.pid, exitStatus: st.exitStatus, exitedAt: st.exitedAt,
+        }),
+        timestamp: toTimestamp(),
+      });
+    }
   }
 
   private drainLog(h: ShimHandle): void {
