@@ -17,7 +17,7 @@ after(async () => {
   await stack?.stop();
 });
 
-const CASES = ['TestImportAndUnpack', 'TestRunWithOutput', 'TestExec', 'TestPauseResumeKill', 'TestUpdateAndMetrics', 'TestEvents', 'TestLeaseProtectedContent'];
+const CASES = ['TestImportAndUnpack', 'TestRunWithOutput', 'TestExec', 'TestPauseResumeKill', 'TestUpdateAndMetrics', 'TestEvents', 'TestPublishForward', 'TestLeaseProtectedContent'];
 
 test('the containerd Go client imports, runs, execs, pauses, kills, updates, measures, subscribes and leases', async () => {
   const r = await runGoTest(bin, [], { FLOTILLA_ADDRESS: stack.socket, FLOTILLA_IMAGE_ARCHIVE: image.archivePath, FLOTILLA_IMAGE_NAME: image.name }, 10 * 60_000);

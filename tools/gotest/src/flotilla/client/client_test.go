@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/containerd/cio"
 	"github.com/containerd/containerd/content"
 	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/events"
 	"github.com/containerd/containerd/leases"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
@@ -105,9 +106,10 @@ func TestImportAndUnpack(t *testing.T) {
 
 func TestRunWithOutput(t *testing.T) {
 	ctx, c, img := setup(t)
-	ctr := newContainer(t, ctx, c, img, "out", "/bin/sh", "-c", "echo hello from $(hostname); exit 7")
-	var out bytes.Buffer
-	task, err := ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, &out, &out)))
+	ctr := newContainer(t, ctx, c, img, "out", "/bin/sh", "-c", "echo hello from $(hostname); echo oops >&2; exit 7")
+	// One buffer each: bytes.Buffer's ReadFrom, which io.Copy uses, is not safe to share.
+	var out, errOut bytes.Buffer
+	task, err := ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, &out, &errOut)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,8 +129,8 @@ func TestRunWithOutput(t *testing.T) {
 	if _, err := task.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := out.String(); !strings.HasPrefix(got, "hello from ") {
-		t.Fatalf("output %q", got)
+	if got := out.String(); !strings.HasPrefix(got, "hello from ") || errOut.String() != "oops\n" {
+		t.Fatalf("stdout %q, stderr %q", got, errOut.String())
 	}
 }
 
@@ -148,8 +150,8 @@ func TestExec(t *testing.T) {
 	}
 	pspec := spec.Process
 	pspec.Args = []string{"/bin/sh", "-c", "echo exec says hi; exit 3"}
-	var out bytes.Buffer
-	p, err := task.Exec(ctx, "e1", pspec, cio.NewCreator(cio.WithStreams(nil, &out, &out)))
+	var out, errOut bytes.Buffer
+	p, err := task.Exec(ctx, "e1", pspec, cio.NewCreator(cio.WithStreams(nil, &out, &errOut)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,5 +346,68 @@ func TestUpdateAndMetrics(t *testing.T) {
 		}
 	default:
 		t.Fatalf("metrics of type %T", v)
+	}
+}
+
+// Publish and Forward put events on the bus; a subscriber filtering on topic and event
+// fields gets exactly those; an invalid topic is InvalidArgument.
+func TestPublishForward(t *testing.T) {
+	c, err := containerd.New(os.Getenv("FLOTILLA_ADDRESS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ns := "go-publish"
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), ns), time.Minute)
+	defer cancel()
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	evC, errC := c.Subscribe(sctx, `topic~="^/flotilla-test/",event.id=="wanted"`)
+	es := c.EventService()
+	// The subscription is live once one of our events comes back; publish until it does.
+	next := func() *events.Envelope {
+		t.Helper()
+		for {
+			select {
+			case e := <-evC:
+				return e
+			case err := <-errC:
+				t.Fatalf("subscription: %v", err)
+			case <-time.After(200 * time.Millisecond):
+				if err := es.Publish(ctx, "/flotilla-test/probe", &apievents.ContainerDelete{ID: "wanted"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	for e := next(); e.Topic != "/flotilla-test/probe"; e = next() {
+	}
+	if err := es.Publish(ctx, "/flotilla-test/published", &apievents.ContainerDelete{ID: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	any, err := typeurl.MarshalAny(&apievents.ContainerDelete{ID: "wanted"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	if err := es.Forward(ctx, &events.Envelope{Timestamp: at, Namespace: "go-forwarded", Topic: "/flotilla-test/forwarded", Event: any}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		e := next()
+		if e.Topic == "/flotilla-test/probe" {
+			continue
+		}
+		if e.Topic != "/flotilla-test/forwarded" || e.Namespace != "go-forwarded" || !e.Timestamp.Equal(at) {
+			t.Fatalf("got %s %s %v; want the forwarded envelope as sent (the other event is filtered out)", e.Namespace, e.Topic, e.Timestamp)
+		}
+		v, err := typeurl.UnmarshalAny(e.Event)
+		if err != nil || v.(*apievents.ContainerDelete).ID != "wanted" {
+			t.Fatalf("event %v, %v", v, err)
+		}
+		break
+	}
+	if err := es.Publish(ctx, "no-slash", &apievents.ContainerDelete{ID: "x"}); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("publish to an invalid topic: %v", err)
 	}
 }
