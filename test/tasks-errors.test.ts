@@ -5,6 +5,7 @@
 // namespaces and flotilla's is written as the reference's before comparing.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { buildBusyboxImage, startReferenceContainerd, startStack, testNamespace, type CtrOptions, type CtrResult, type Reference, type Stack, type TestImage } from '@flotilla/testing';
 
 let stack: Stack;
@@ -82,4 +83,48 @@ test('task errors match containerd', async (t) => {
     await side(['tasks', 'rm', 't1'], o);
     await side(['containers', 'rm', 't1', 'notask'], o);
   }
+});
+
+test('ctr events shows the topics containerd shows for a container run', async (t) => {
+  const ns = testNamespace(t.name);
+  const o = { namespace: ns };
+  await both(['images', 'import', image.archivePath], o);
+  const watch = (socket: string, namespace: string) => {
+    const child = spawn('ctr', ['--address', socket, 'events', `namespace==${namespace}`], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    return { topics: () => [...out.matchAll(/ (\/[a-z/-]+) /g)].map((m) => m[1]!), stop: () => child.kill('SIGKILL') };
+  };
+  const sides = [
+    { w: watch(ref.socket, ns), ctr: (a: string[]) => ref.ctr(a, o) },
+    { w: watch(stack.socket, ours(o).namespace!), ctr: (a: string[]) => stack.ctr(a, ours(o)) },
+  ];
+  t.after(() => sides.forEach((s) => s.w.stop()));
+  for (const s of sides) {
+    // Live once a namespace update made after subscribing comes back.
+    for (let i = 0; i < 100 && !s.w.topics().includes('/namespaces/update'); i++) {
+      await s.ctr(['namespaces', 'label', s === sides[0] ? ns : ours(o).namespace!, `probe=${i}`]);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const run = await s.ctr(['run', '--rm', image.name, 'ev', '/bin/sh', '-c', 'exit 2']);
+    assert.equal(run.code, 2, run.stderr);
+    const p = await s.ctr(['run', '-d', image.name, 'ev2', '/bin/sleep', '1000']);
+    assert.equal(p.code, 0, p.stderr);
+    for (const args of [['tasks', 'exec', '--exec-id', 'x', 'ev2', '/bin/true'], ['tasks', 'pause', 'ev2'], ['tasks', 'resume', 'ev2'], ['tasks', 'kill', '-s', 'SIGKILL', 'ev2']]) {
+      const r = await s.ctr(args);
+      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+    }
+    for (let i = 0; i < 100 && !s.w.topics().includes('/tasks/exit'); i++) await new Promise((r) => setTimeout(r, 100));
+    await s.ctr(['tasks', 'rm', 'ev2']);
+    await s.ctr(['containers', 'rm', 'ev2']);
+  }
+  const settled = async (s: (typeof sides)[number]) => {
+    for (let i = 0; i < 100 && s.w.topics().filter((x) => x === '/containers/delete').length < 2; i++) await new Promise((r) => setTimeout(r, 100));
+    // Content collection by the GC runs on its own schedule (not this test's subject).
+    return s.w.topics().filter((x) => /^\/(tasks|containers|snapshot)\//.test(x));
+  };
+  const want = await settled(sides[0]!);
+  const got = await settled(sides[1]!);
+  assert.ok(want.includes('/tasks/exec-started') && want.includes('/tasks/paused'), want.join(' '));
+  assert.deepEqual(got, want);
 });
