@@ -65,7 +65,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FlotillaConfig
     logDir: home ? path.join(home, 'logs') : '/var/lib/flotilla/logs',
     natsUrl: env.NATS_URL || 'nats://127.0.0.1:4222',
     databaseUrl: env.DATABASE_URL || `postgres://postgres@/flotilla?host=${path.join(runDir, 'postgres')}&port=5432`,
-    maxPayload: intVar(env, 'FLOTILLA_MAX_PAYLOAD', 1024 * 1024, 64 * 1024),
+    maxPayload: intVar(env, 'FLOTILLA_MAX_PAYLOAD', 8 * 1024 * 1024, 64 * 1024),
     requestTimeoutMs: intVar(env, 'FLOTILLA_REQUEST_TIMEOUT_MS', 120_000, 100),
     maxLayerBytes: intVar(env, 'FLOTILLA_MAX_LAYER_BYTES', 64 * 1024 ** 3, 4096),
   };

@@ -44,6 +44,9 @@ export interface RunningPostgres extends Running {
   options: PostgresOptions;
 }
 
+/** nats-server's max_payload as flotilla starts it (its largest without a warning). */
+export const NATS_MAX_PAYLOAD = 8 * 1024 * 1024;
+
 export interface StartNatsOptions {
   /** Holds nats.log and the ports file; created if missing. */
   dir: string;
@@ -134,7 +137,11 @@ export async function startNats(opts: StartNatsOptions): Promise<RunningNats> {
   await fs.mkdir(dir, { recursive: true });
   const logPath = path.join(dir, 'nats.log');
   const log = openSync(logPath, 'a');
-  const args = ['-a', '127.0.0.1', '-p', String(opts.port ?? -1), '--ports_file_dir', dir];
+  // max_payload has no command-line flag: a one-line config file raises it from the 1 MiB
+  // default, so a ctr message (1 MiB of content) crosses the bus as one payload.
+  const conf = path.join(dir, 'nats.conf');
+  await fs.writeFile(conf, `max_payload: ${NATS_MAX_PAYLOAD}\n`);
+  const args = ['-c', conf, '-a', '127.0.0.1', '-p', String(opts.port ?? -1), '--ports_file_dir', dir];
   const child = spawn('nats-server', args, { stdio: ['ignore', log, log], detached: opts.detached ?? false });
   closeSync(log);
   if (child.pid === undefined) throw new Error('nats-server could not be started: is it installed (apt-get install nats-server)?');
