@@ -7,7 +7,7 @@ import { connectDb, migrate } from '@flotilla/db';
 import { errInvalidArgument, isNotFound, messageOf } from '@flotilla/errdefs';
 import { publishEvent } from '@flotilla/events';
 import {
-  GarbageCollector, GcScheduler, LeaseStore, MetadataStore, decodeCollectRequest, gcCollectSubject, metadataMigrations,
+  GarbageCollector, GcScheduler, LeaseStore, MetadataStore, asField, decodeCollectRequest, gcCollectSubject, metadataMigrations,
 } from '@flotilla/metadata';
 
 // Topics whose events are metadata mutations for the GC scheduler; deletions are "dirty".
@@ -63,13 +63,15 @@ void runApp('metadata', async ({ cfg, bus, log }) => {
       }),
       ...endpointsFor(capi.ContainersDefinition, (m) => serviceSubject('containers', m), {
         get: async (req, ctx) => ({ container: await store.containerGet(ctx, req.id) }),
+        // Both answers built from the stored bytes: a ListContainersResponse is its
+        // containers each as field 1; a ListContainerMessage is one of them.
         list: async (req, ctx) => {
-          const out: capi.Container[] = [];
-          for await (const page of store.containerList(ctx, req.filters)) out.push(...page);
-          return { containers: out };
+          const out: Uint8Array[] = [];
+          for await (const page of store.containerListEncoded(ctx, req.filters)) for (const c of page) out.push(asField(1, c));
+          return Buffer.concat(out);
         },
         listStream: async function* (req, ctx) {
-          for await (const page of store.containerList(ctx, req.filters)) for (const c of page) yield { container: c };
+          for await (const page of store.containerListEncoded(ctx, req.filters)) for (const c of page) yield asField(1, c);
         },
         create: async (req, ctx) => {
           if (!req.container) throw errInvalidArgument('container must be set');

@@ -9,11 +9,15 @@ import { currentContext, type CallContext } from './context.js';
 type Req<M> = M extends { requestType: MessageType<infer R> } ? R : never;
 type Res<M> = M extends { responseType: MessageType<infer R> } ? R : never;
 
-/** Server-side shape of a definition: unary methods return a reply (or CONTINUE), streams an iterable. */
+/**
+ * Server-side shape of a definition: unary methods return a reply (or CONTINUE), streams an
+ * iterable. A reply may also be given already encoded (a Uint8Array holding the response
+ * message's bytes): it is sent as is, for stores that keep protobuf bytes.
+ */
 export type Implementation<D extends ServiceDefinition> = {
   [K in keyof D['methods']]?: D['methods'][K] extends { responseStream: true }
-    ? (req: Req<D['methods'][K]>, ctx: CallContext) => AsyncIterable<Res<D['methods'][K]>>
-    : (req: Req<D['methods'][K]>, ctx: CallContext) => Promise<Res<D['methods'][K]> | typeof CONTINUE>;
+    ? (req: Req<D['methods'][K]>, ctx: CallContext) => AsyncIterable<Res<D['methods'][K]> | Uint8Array>
+    : (req: Req<D['methods'][K]>, ctx: CallContext) => Promise<Res<D['methods'][K]> | Uint8Array | typeof CONTINUE>;
 };
 
 /** Client-side shape of a definition. */
@@ -47,7 +51,7 @@ export function endpointsFor<D extends ServiceDefinition>(def: D, subjectOf: (me
         subject,
         stream: async function* (data, ctx) {
           const req = decode(m.requestType, data, `${def.name}.${m.name} request`);
-          for await (const res of fn(req, ctx) as AsyncIterable<unknown>) yield m.responseType.encode(res).finish();
+          for await (const res of fn(req, ctx) as AsyncIterable<unknown>) yield res instanceof Uint8Array ? res : m.responseType.encode(res).finish();
         },
       });
     } else {
@@ -57,7 +61,7 @@ export function endpointsFor<D extends ServiceDefinition>(def: D, subjectOf: (me
         unary: async (data, ctx) => {
           const req = decode(m.requestType, data, `${def.name}.${m.name} request`);
           const res = await fn(req, ctx);
-          return res === CONTINUE ? CONTINUE : m.responseType.encode(res).finish();
+          return res === CONTINUE ? CONTINUE : res instanceof Uint8Array ? res : m.responseType.encode(res).finish();
         },
       });
     }

@@ -1,6 +1,7 @@
 // containerd's container store (metadata/containers.go) over PostgreSQL: validation, update
 // masks, filters and error texts as containerd's, and the /containers/* events.
 import { Any, containers as capi, evContainer, toTimestamp } from '@flotilla/api';
+import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import type { CallContext } from '@flotilla/bus';
 import { type Sql, sqlState, UNIQUE_VIOLATION } from '@flotilla/db';
 import { errAlreadyExists, errInvalidArgument, errNotFound, messageOf } from '@flotilla/errdefs';
@@ -36,6 +37,51 @@ function rowToContainer(r: any): capi.Container {
     updatedAt: toTimestamp(r.updated_at),
     extensions: decExtensions(r.extensions),
   };
+}
+
+/**
+ * The Container message of a row, encoded field by field as Container.encode would, but
+ * with the stored spec, runtime options and extensions bytes passed through undecoded:
+ * a list of thousands of containers is mostly their specs, and decoding them only to
+ * encode them again was most of the metadata service's work.
+ */
+function rowToContainerBytes(r: any): Uint8Array {
+  const w = new BinaryWriter();
+  if (r.id !== '') w.uint32(10).string(r.id);
+  for (const [k, v] of Object.entries((r.labels ?? {}) as Record<string, string>)) {
+    w.uint32(18).fork();
+    if (k !== '') w.uint32(10).string(k);
+    if (v !== '') w.uint32(18).string(v);
+    w.join();
+  }
+  if (r.image !== '') w.uint32(26).string(r.image);
+  w.uint32(34).fork();
+  if (r.runtime_name !== '') w.uint32(10).string(r.runtime_name);
+  if (r.runtime_options) w.uint32(18).bytes(r.runtime_options);
+  w.join();
+  if (r.spec) w.uint32(42).bytes(r.spec);
+  if (r.snapshotter !== '') w.uint32(50).string(r.snapshotter);
+  if (r.snapshot_key !== '') w.uint32(58).string(r.snapshot_key);
+  for (const [tag, d] of [[66, r.created_at], [74, r.updated_at]] as const) {
+    const t = toTimestamp(d);
+    w.uint32(tag).fork();
+    if (t.seconds !== 0) w.uint32(8).int64(t.seconds);
+    if (t.nanos !== 0) w.uint32(16).int32(t.nanos);
+    w.join();
+  }
+  // Stored as a Container holding only its extensions (field 10): appended as is.
+  if (r.extensions) w.raw(r.extensions);
+  return w.finish();
+}
+
+/** `msg` as field `n` of an enclosing message (ListContainerMessage.container, ListContainersResponse.containers). */
+export function asField(n: number, msg: Uint8Array): Uint8Array {
+  return new BinaryWriter().uint32((n << 3) | 2).bytes(msg).finish();
+}
+
+/** What filters look at: no spec, no extensions. */
+function rowView(r: any): capi.Container {
+  return { id: r.id, labels: r.labels ?? {}, image: r.image, runtime: { name: r.runtime_name, options: undefined }, spec: undefined, snapshotter: '', snapshotKey: '', createdAt: undefined, updatedAt: undefined, extensions: {} };
 }
 
 /** containerd's adaptContainer: id, runtime.name, image, labels.<key>. */
@@ -99,13 +145,23 @@ export class ContainerStore {
 
   /** The namespace's containers matching any of `filters`, by id, in pages. */
   async *list(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<capi.Container[]> {
+    for await (const rows of this.rows(ctx, filters)) yield rows.map(rowToContainer);
+  }
+
+  /** As `list`, each container as its encoded Container message (see rowToContainerBytes). */
+  async *listEncoded(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<Uint8Array[]> {
+    for await (const rows of this.rows(ctx, filters)) yield rows.map(rowToContainerBytes);
+  }
+
+  /** The namespace's rows matching any of `filters`, by id, in pages. */
+  private async *rows(ctx: CallContext, filters: readonly string[]): AsyncGenerator<any[]> {
     const ns = namespaceRequired(ctx);
     const filter = parseFilters(filters);
     let after = '';
     for (;;) {
-      const rows = await this.sql`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id > ${after} ORDER BY id LIMIT 500`;
+      const rows = await this.sql`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id > ${after} ORDER BY id LIMIT 1000`;
       if (rows.length === 0) return;
-      const page = rows.map(rowToContainer).filter((c) => filter.match((p) => fieldOf(c, p)));
+      const page = rows.filter((r) => filter.match((p) => fieldOf(rowView(r), p)));
       if (page.length) yield page;
       after = rows[rows.length - 1]!.id;
     }

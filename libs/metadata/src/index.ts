@@ -2,6 +2,7 @@
 export { MetadataStore, metadataMigrations } from './store.js';
 export type { Publisher } from './store.js';
 export { applyMapPaths, refuseFields } from './fieldpaths.js';
+export { asField } from './containers.js';
 /** Leases (containerd's leases.Manager). */
 export { LeaseStore } from './leases.js';
 export type { LeaseHooks, ReleasedResource } from './leases.js';

@@ -116,6 +116,11 @@ export class MetadataStore {
     return this.containers.list(ctx, filters);
   }
 
+  /** As containerList, each container already encoded (stored spec bytes passed through). */
+  containerListEncoded(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<Uint8Array[]> {
+    return this.containers.listEncoded(ctx, filters);
+  }
+
   containerCreate(ctx: CallContext, c: capi.Container): Promise<capi.Container> {
     return this.containers.create(ctx, c);
   }
