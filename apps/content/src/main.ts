@@ -1,17 +1,19 @@
-// flotilla-content: containerd's Content API over the local-disk backend.
+// flotilla-content: containerd's Content API over the local-disk or the S3 backend
+// (FLOTILLA_CONTENT_BACKEND).
 import path from 'node:path';
 import { content as api, evContent, flotillaContent as fc, leases as lapi } from '@flotilla/api';
 import { runApp, FLOTILLA_VERSION } from '@flotilla/app';
 import { endpointsFor, instanceSubject, rpcClient, serviceSubject, type CallContext } from '@flotilla/bus';
 import { appStateDir } from '@flotilla/config';
-import { ContentService, ContentStore, DiskBackend, contentMigrations } from '@flotilla/content';
+import { ContentService, ContentStore, DiskBackend, S3Backend, contentMigrations, type Backend } from '@flotilla/content';
 import { connectDb, migrate } from '@flotilla/db';
 import { publishEvent } from '@flotilla/events';
 
 void runApp('content', async ({ cfg, bus }) => {
   const sql = connectDb(cfg.databaseUrl, { appName: 'flotilla-content' });
   await migrate(sql, 'content', contentMigrations);
-  const backend = new DiskBackend(path.join(appStateDir(cfg, 'content')));
+  const c = cfg.content;
+  const backend: Backend = c.backend === 's3' ? new S3Backend(c) : new DiskBackend(path.join(appStateDir(cfg, 'content')));
   await backend.init();
   // Lease membership lives with the leases service (metadata_lease_resources).
   const leases = rpcClient(bus, lapi.LeasesDefinition, (m) => serviceSubject('leases', m));

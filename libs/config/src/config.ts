@@ -23,7 +23,26 @@ export interface FlotillaConfig {
   requestTimeoutMs: number;
   /** The diff service refuses layers that decompress past this many bytes (FLOTILLA_MAX_LAYER_BYTES). */
   maxLayerBytes: number;
+  /** Where the content service keeps blobs and ingests (FLOTILLA_CONTENT_BACKEND). */
+  content: ContentBackendConfig;
 }
+
+/** `local`: files under the content app's state dir; `s3`: an S3 bucket (FLOTILLA_S3_*). */
+export type ContentBackendConfig =
+  | { backend: 'local' }
+  | {
+      backend: 's3';
+      /** FLOTILLA_S3_ENDPOINT: `http(s)://host[:port]`. */
+      endpoint: string;
+      bucket: string;
+      accessKey: string;
+      secretKey: string;
+      region: string;
+      /** FLOTILLA_S3_PREFIX: prepended to every object key. */
+      prefix: string;
+      /** FLOTILLA_S3_PART_SIZE: bytes per uploaded piece and multipart part. */
+      partSize: number;
+    };
 
 const NODE_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 
@@ -40,6 +59,41 @@ function intVar(env: NodeJS.ProcessEnv, name: string, dflt: number, min: number)
   const n = Number(raw);
   if (!Number.isInteger(n) || n < min) throw new ConfigError(`${name}=${raw}: want an integer >= ${min}`);
   return n;
+}
+
+const S3_BUCKET_RE = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+
+function contentBackend(env: NodeJS.ProcessEnv): ContentBackendConfig {
+  const kind = env.FLOTILLA_CONTENT_BACKEND || 'local';
+  if (kind === 'local') return { backend: 'local' };
+  if (kind !== 's3') throw new ConfigError(`FLOTILLA_CONTENT_BACKEND=${kind}: want local or s3`);
+  const endpoint = env.FLOTILLA_S3_ENDPOINT ?? '';
+  let url: URL | undefined;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || (url.pathname !== '/' && url.pathname !== '')) {
+    throw new ConfigError(`FLOTILLA_S3_ENDPOINT=${endpoint}: want http(s)://host[:port] (required with FLOTILLA_CONTENT_BACKEND=s3)`);
+  }
+  const bucket = env.FLOTILLA_S3_BUCKET ?? '';
+  if (!S3_BUCKET_RE.test(bucket)) throw new ConfigError(`FLOTILLA_S3_BUCKET=${bucket}: want an S3 bucket name (3-63 of a-z, 0-9, '.', '-')`);
+  const accessKey = env.FLOTILLA_S3_ACCESS_KEY ?? '';
+  const secretKey = env.FLOTILLA_S3_SECRET_KEY ?? '';
+  if (!accessKey || !secretKey) throw new ConfigError('FLOTILLA_S3_ACCESS_KEY and FLOTILLA_S3_SECRET_KEY are required with FLOTILLA_CONTENT_BACKEND=s3');
+  let prefix = env.FLOTILLA_S3_PREFIX ?? '';
+  if (prefix && !prefix.endsWith('/')) prefix += '/';
+  return {
+    backend: 's3',
+    endpoint: url.origin,
+    bucket,
+    accessKey,
+    secretKey,
+    region: env.FLOTILLA_S3_REGION || 'us-east-1',
+    prefix,
+    partSize: intVar(env, 'FLOTILLA_S3_PART_SIZE', 8 * 1024 * 1024, 5 * 1024 * 1024),
+  };
 }
 
 /** Default node id: the hostname reduced to the characters a NATS subject token may hold. */
@@ -68,6 +122,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FlotillaConfig
     maxPayload: intVar(env, 'FLOTILLA_MAX_PAYLOAD', 8 * 1024 * 1024, 64 * 1024),
     requestTimeoutMs: intVar(env, 'FLOTILLA_REQUEST_TIMEOUT_MS', 120_000, 100),
     maxLayerBytes: intVar(env, 'FLOTILLA_MAX_LAYER_BYTES', 64 * 1024 ** 3, 4096),
+    content: contentBackend(env),
   };
 }
 

@@ -5,6 +5,9 @@
 // Backend role interfaces and the local disk backend.
 export type { Backend, Provider, Ingester, Deleter, IngestWriter, IngestStatus, BlobStat } from './backend.js';
 export { DiskBackend } from './disk.js';
+// The S3 backend (MinIO or any S3-compatible store).
+export { S3Backend } from './s3.js';
+export type { S3BackendOptions } from './s3.js';
 // The namespaced store: labels, leases, ingest records, the blob lock.
 export { ContentStore, contentMigrations, ingestKey, CONTENT_BLOB_LOCK } from './store.js';
 export type { ContentStoreOptions, LeaseRecorder, LeaseResource, Info, Status, Descriptor, Writer } from './store.js';

@@ -6,6 +6,9 @@ export { startNats } from './nats.js';
 export type { TestNats } from './nats.js';
 export { startPostgres } from './postgres.js';
 export type { TestPostgres, PostgresOptions } from './postgres.js';
+// An S3 server (s3rver) in a temp dir, for the S3 content backend.
+export { startS3 } from './s3.js';
+export type { TestS3 } from './s3.js';
 // A whole flotilla stack (servers and the eight built apps) in a temp FLOTILLA_HOME.
 export { startStack, waitServices } from './stack.js';
 export type { Stack } from './stack.js';
