@@ -3,7 +3,8 @@
 // subject, the PostgreSQL transactions, and the CPU time each process used (shims and
 // runc are short-lived and not counted); --containerd runs it against Debian's containerd
 // for the CPU comparison.
-//   node --import tsx tools/bench/roundtrips.ts [--repeat N] [--stdin-mib M] -- run --rm {busybox} {id} /bin/true
+//   node --import tsx tools/bench/roundtrips.ts [--repeat N] [--stdin-mib M] [--statements] -- run --rm {busybox} {id} /bin/true
+// --statements also lists the SQL statements per command (log_statement=all while measuring).
 // `{busybox}` is replaced by the test image (imported first), `{id}` by a fresh id; with
 // --stdin-mib, each run reads a fresh random file of M MiB on stdin (content ingest {id}).
 import { randomBytes } from 'node:crypto';
@@ -36,11 +37,13 @@ async function main(): Promise<void> {
   let repeat = 5;
   let stdinMiB = 0;
   let reference = false;
+  let statements = false;
   const dash = argv.indexOf('--');
   for (let i = 0; i < (dash < 0 ? argv.length : dash); i++) {
     if (argv[i] === '--repeat') repeat = Number(argv[++i]);
     else if (argv[i] === '--stdin-mib') stdinMiB = Number(argv[++i]);
     else if (argv[i] === '--containerd') reference = true;
+    else if (argv[i] === '--statements') statements = true;
   }
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-rt-'));
   const input = async (i: number) => {
@@ -75,6 +78,15 @@ async function main(): Promise<void> {
     const groups = await side.processes();
     const pids = groups.flatMap((g) => g.pids.map((pid) => [g.name, pid] as const));
     const cpu0 = await Promise.all(pids.map(([, p]) => cpuTicks(p)));
+    let pgLog = '';
+    let logFrom = 0;
+    if (sql && statements) {
+      pgLog = `${(await sql`select current_setting('data_directory') as d`)[0]!.d}.log`;
+      await sql`alter system set log_statement = 'all'`;
+      await sql`select pg_reload_conf()`;
+      await new Promise((res) => setTimeout(res, 300));
+      logFrom = (await fs.stat(pgLog)).size;
+    }
     const x0 = await xacts();
     const times: number[] = [];
     const files = await Promise.all(Array.from({ length: repeat }, (_, i) => input(i)));
@@ -82,6 +94,21 @@ async function main(): Promise<void> {
     await nc?.flush();
     await new Promise((res) => setTimeout(res, 300));
     const x1 = await xacts();
+    const stmts = new Map<string, number>();
+    if (sql && statements) {
+      await sql`alter system reset log_statement`;
+      await sql`select pg_reload_conf()`;
+      const fh = await fs.open(pgLog, 'r');
+      const { size } = await fh.stat();
+      const buf = Buffer.alloc(size - logFrom);
+      await fh.read(buf, 0, buf.length, logFrom);
+      await fh.close();
+      for (const m of buf.toString('utf8').matchAll(/LOG:\s+(?:statement|execute [^:]*):\s*(.*)/g)) {
+        const k = m[1]!.replace(/\s+/g, ' ').slice(0, 110);
+        if (/pg_stat_database|alter system|pg_reload_conf/.test(k)) continue;
+        stmts.set(k, (stmts.get(k) ?? 0) + 1);
+      }
+    }
     const cpu1 = await Promise.all(pids.map(([, p]) => cpuTicks(p)));
     sub?.unsubscribe();
     await nc?.close();
@@ -90,6 +117,10 @@ async function main(): Promise<void> {
     const out: string[] = [];
     out.push(`ctr ${args(0).join(' ')}  x${repeat}: ${times.map((t) => (t * 1000).toFixed(0)).join(' ')} ms`);
     if (!reference) out.push(`PostgreSQL transactions per command: ${((x1 - x0 - 2) / repeat).toFixed(1)} (2 of the measured ones are this tool's own reads)`);
+    if (stmts.size) {
+      out.push('SQL statements per command:');
+      for (const [k, n] of [...stmts].sort((a, b) => b[1] - a[1])) out.push(`  ${(n / repeat).toFixed(1).padStart(7)}  ${k}`);
+    }
     if (!reference) out.push('NATS messages per command, by subject:');
     const rows = [...counts].sort((a, b) => b[1].msgs - a[1].msgs);
     let total = 0;

@@ -23,7 +23,7 @@ after(async () => {
   await pg?.stop();
 });
 
-const any = (typeUrl: string, value: number[]) => ({ typeUrl, value: Uint8Array.from(value) });
+const any = (typeUrl: string, value: number[]) => ({ typeUrl, value: Buffer.from(value) });
 
 async function collect<T>(it: AsyncIterable<T[]>): Promise<T[]> {
   const out: T[] = [];
