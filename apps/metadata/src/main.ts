@@ -7,7 +7,7 @@ import { connectDb, migrate } from '@flotilla/db';
 import { errInvalidArgument, isNotFound, messageOf } from '@flotilla/errdefs';
 import { publishEvent } from '@flotilla/events';
 import {
-  GarbageCollector, GcScheduler, LeaseStore, MetadataStore, asField, decodeCollectRequest, gcCollectSubject, metadataMigrations,
+  GarbageCollector, GcScheduler, LeaseStore, MetadataStore, decodeCollectRequest, gcCollectSubject, metadataMigrations,
 } from '@flotilla/metadata';
 
 // Topics whose events are metadata mutations for the GC scheduler; deletions are "dirty".
@@ -66,12 +66,12 @@ void runApp('metadata', async ({ cfg, bus, log }) => {
         // Both answers built from the stored bytes: a ListContainersResponse is its
         // containers each as field 1; a ListContainerMessage is one of them.
         list: async (req, ctx) => {
-          const out: Uint8Array[] = [];
-          for await (const page of store.containerListEncoded(ctx, req.filters)) for (const c of page) out.push(asField(1, c));
+          const out: Buffer[] = [];
+          for await (const page of store.containerListEncoded(ctx, req.filters)) out.push(...page);
           return Buffer.concat(out);
         },
         listStream: async function* (req, ctx) {
-          for await (const page of store.containerListEncoded(ctx, req.filters)) for (const c of page) yield asField(1, c);
+          for await (const page of store.containerListEncoded(ctx, req.filters)) yield* page;
         },
         create: async (req, ctx) => {
           if (!req.container) throw errInvalidArgument('container must be set');

@@ -116,8 +116,8 @@ export class MetadataStore {
     return this.containers.list(ctx, filters);
   }
 
-  /** As containerList, each container already encoded (stored spec bytes passed through). */
-  containerListEncoded(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<Uint8Array[]> {
+  /** As containerList, each container already encoded as a ListContainerMessage (stored spec bytes passed through). */
+  containerListEncoded(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<Buffer[]> {
     return this.containers.listEncoded(ctx, filters);
   }
 
