@@ -164,8 +164,8 @@ export class DiskBackend implements Backend {
   }
 
   async *read(dgst: string, offset: number, length: number, chunk: number): AsyncGenerator<{ offset: number; data: Uint8Array }> {
-    const { size } = await this.stat(dgst);
-    const end = length > 0 ? Math.min(size, offset + length) : size;
+    // The caller has checked a given range against the blob's size: no stat then.
+    const end = length > 0 ? offset + length : (await this.stat(dgst)).size;
     if (end <= offset) return;
     // Exactly [offset, end) with positioned reads, one piece read ahead while the current
     // one is sent, and the file closed before the last piece is yielded: the generator
