@@ -76,6 +76,36 @@ function toStatus(err: unknown): Partial<grpc.StatusObject> {
   return { code: grpcCodeOf(cls) as number as grpc.status, details: messageOf(err) };
 }
 
+/**
+ * WriteStep{session, request: <the client's WriteContentRequest bytes>} built around the
+ * client's message without decoding and re-encoding it (one copy of the data, not three).
+ */
+function rawWriteStep(session: string, req: Buffer): Buffer {
+  const s = Buffer.byteLength(session, 'utf8');
+  const head = Buffer.allocUnsafe((s ? 1 + varintLen(s) + s : 0) + 1 + varintLen(req.length));
+  let p = 0;
+  if (s) {
+    head[p++] = 0x0a; // field 1, length-delimited
+    p = putVarint(head, p, s);
+    p += head.write(session, p, 'utf8');
+  }
+  head[p++] = 0x12; // field 2, length-delimited
+  putVarint(head, p, req.length);
+  return Buffer.concat([head, req]);
+}
+
+function varintLen(n: number): number {
+  let l = 1;
+  for (; n >= 0x80; n = Math.floor(n / 128)) l++;
+  return l;
+}
+
+function putVarint(b: Buffer, p: number, n: number): number {
+  for (; n >= 0x80; n = Math.floor(n / 128)) b[p++] = (n % 128) | 0x80;
+  b[p++] = n;
+  return p;
+}
+
 /** One hop of a held call (tasks Wait); the tasks service answers Continue well within it. */
 const HELD_HOP_MS = 15_000;
 
@@ -190,8 +220,8 @@ export class Gateway {
         const step = api.flotillaContent.WriteStep.encode({ session: s, request: undefined, close: true }).finish();
         await bus.request(next, step, ctx).catch(() => {});
       };
-      const send = async (req: api.content.WriteContentRequest): Promise<api.flotillaContent.WriteStepReply> => {
-        const step = api.flotillaContent.WriteStep.encode({ session, request: req, close: false }).finish();
+      const send = async (req: api.content.WriteContentRequest | Buffer): Promise<api.flotillaContent.WriteStepReply> => {
+        const step = Buffer.isBuffer(req) ? rawWriteStep(session, req) : api.flotillaContent.WriteStep.encode({ session, request: req, close: false }).finish();
         const reply = api.flotillaContent.WriteStepReply.decode(await bus.request(session ? next : api_subject('Write'), step, ctx));
         if (!session) {
           session = reply.session;
@@ -217,7 +247,8 @@ export class Gateway {
           }
           reply = await send({ ...req, offset, data: req.data.subarray(off) });
         } else {
-          reply = await send(req);
+          // The client's own bytes as the step's request: no re-encoding of the data.
+          reply = await send(buf);
         }
         call.write(Buffer.from(api.content.WriteContentResponse.encode(reply.response!).finish()));
         if (reply.done) {
