@@ -125,7 +125,9 @@ async function main(): Promise<void> {
   let flotillaEnv: NodeJS.ProcessEnv | undefined;
   if (args.cpuProf) {
     await fs.mkdir(args.cpuProf, { recursive: true });
-    flotillaEnv = { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --cpu-prof --cpu-prof-dir=${path.resolve(args.cpuProf)}`.trim() };
+    // node refuses --cpu-prof in NODE_OPTIONS: a preloaded inspector session profiles instead.
+    const preload = path.join(ROOT, 'tools', 'bench', 'cpuprof-preload.cjs');
+    flotillaEnv = { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${preload}`.trim(), FLOTILLA_CPU_PROF_DIR: path.resolve(args.cpuProf) };
   }
   log('starting flotilla and containerd');
   const started = await Promise.allSettled([startFlotilla({ env: flotillaEnv }), startContainerd()]);
