@@ -21,6 +21,9 @@ interface IngestMeta {
   updatedAt: number;
 }
 
+/** Bytes a read keeps in flight ahead of what it has yielded. */
+const READ_AHEAD = 4 * 1024 * 1024;
+
 const enoent = (err: unknown) => (err as NodeJS.ErrnoException)?.code === 'ENOENT';
 
 async function fsyncPath(p: string): Promise<void> {
@@ -167,10 +170,11 @@ export class DiskBackend implements Backend {
     // The caller has checked a given range against the blob's size: no stat then.
     const end = length > 0 ? offset + length : (await this.stat(dgst)).size;
     if (end <= offset) return;
-    // Exactly [offset, end) with positioned reads, one piece read ahead while the current
-    // one is sent, and the file closed before the last piece is yielded: the generator
-    // then ends as soon as its consumer asks again, so a small Read's only batch carries
-    // end-of-stream (one bus round trip, not two).
+    // Exactly [offset, end) with positioned reads, a few pieces (up to 4 MiB) read ahead
+    // while earlier ones are sent, so a bus batch can carry several, and the file closed
+    // before the last piece is yielded: the generator then ends as soon as its consumer
+    // asks again, so a small Read's only batch carries end-of-stream (one bus round trip,
+    // not two).
     const fh = await fs.open(this.blobPath(dgst), 'r').catch((err) => {
       throw enoent(err) ? errNotFound(`content digest ${dgst}`) : err;
     });
@@ -185,29 +189,42 @@ export class DiskBackend implements Backend {
       }
       return got === want ? buf : buf.subarray(0, got);
     };
+    const depth = Math.max(1, Math.min(8, Math.floor(READ_AHEAD / chunk)));
+    const ahead: Promise<Buffer>[] = [];
+    let queued = offset; // where the next read-ahead starts
+    const fill = () => {
+      while (ahead.length < depth && queued < end) {
+        const p = readAt(queued);
+        p.catch(() => {}); // observed when its turn comes, or dropped with the generator
+        ahead.push(p);
+        queued += Math.min(chunk, end - queued);
+      }
+    };
     let open = true;
-    let ahead: Promise<Buffer> | undefined = readAt(offset);
     try {
       let pos = offset;
       for (;;) {
-        const data = await ahead!;
-        ahead = undefined;
+        fill();
+        const want = Math.min(chunk, end - pos);
+        const data = await ahead.shift()!;
         if (data.length === 0) return; // blobs are immutable: cannot happen
         const next = pos + data.length;
-        if (next >= end || data.length < Math.min(chunk, end - pos)) {
+        if (next >= end || data.length < want) {
           open = false;
+          await Promise.allSettled(ahead.splice(0));
           await fh.close();
           yield { offset: pos, data };
           return;
         }
-        ahead = readAt(next);
-        ahead.catch(() => {}); // observed on the next turn, or dropped with the generator
+        fill();
         yield { offset: pos, data };
         pos = next;
       }
     } finally {
-      if (ahead) await ahead.catch(() => {});
-      if (open) await fh.close();
+      if (open) {
+        await Promise.allSettled(ahead.splice(0));
+        await fh.close();
+      }
     }
   }
 

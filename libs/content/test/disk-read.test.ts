@@ -37,6 +37,16 @@ test('reads return exactly the asked range, in pieces of at most chunk bytes', a
     const exact = await collect(b.read(dgst, 0, 8192, 4096));
     assert.deepEqual(exact.map((c) => [c.offset, c.data.length]), [[0, 4096], [4096, 4096]]);
     assert.deepEqual(await collect(b.read(dgst, 10_000, 0, 4096)), []);
+    // Small pieces: many read ahead at once, still in order and exact.
+    const small = await collect(b.read(dgst, 7, 9_990, 97));
+    assert.equal(small.length, Math.ceil(9_990 / 97));
+    assert.ok(small.every((c, i) => c.offset === 7 + i * 97));
+    assert.ok(Buffer.concat(small.map((c) => c.data)).equals(data.subarray(7, 9_997)));
+    // A consumer that stops early leaves no open file behind (the finally closes it).
+    const fds = async () => (await fs.readdir('/proc/self/fd')).length;
+    const before = await fds();
+    for await (const c of b.read(dgst, 0, 0, 100)) if (c.offset >= 300) break;
+    assert.equal(await fds(), before);
     await assert.rejects(collect(b.read('sha256:' + '0'.repeat(64), 0, 0, 4096)), /not found/);
   } finally {
     await fs.rm(root, { recursive: true, force: true });
