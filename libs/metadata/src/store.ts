@@ -1,10 +1,9 @@
-// The metadata service's PostgreSQL stores: namespaces, containers and leases, with
-// containerd's validation, error texts and events.
-import { randomBytes } from 'node:crypto';
-import { containers as capi, leases as lapi, namespaces as napi, evNamespace, toTimestamp } from '@flotilla/api';
+// The metadata service's PostgreSQL store: namespaces (here), containers (containers.ts) and
+// the tables of leases (leases.ts), with containerd's validation, error texts and events.
+import { containers as capi, namespaces as napi, evNamespace } from '@flotilla/api';
 import { type Sql, sqlState, UNIQUE_VIOLATION } from '@flotilla/db';
-import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound } from '@flotilla/errdefs';
-import { namespaceRequired, validateIdentifier, validateLabels } from '@flotilla/identifiers';
+import { errAlreadyExists, errFailedPrecondition, errNotFound } from '@flotilla/errdefs';
+import { validateIdentifier, validateLabels } from '@flotilla/identifiers';
 import type { CallContext } from '@flotilla/bus';
 import { applyMapPaths, refuseFields } from './fieldpaths.js';
 import { ContainerStore } from './containers.js';
@@ -131,58 +130,5 @@ export class MetadataStore {
 
   containerDelete(ctx: CallContext, id: string): Promise<void> {
     return this.containers.delete(ctx, id);
-  }
-
-  // ---- leases ----
-
-  async leaseCreate(ctx: CallContext, id: string, labels: Record<string, string>): Promise<lapi.Lease> {
-    const ns = namespaceRequired(ctx);
-    // No id: the server picks one, as containerd's leases service does (WithRandomID).
-    // Lease ids are not held to the identifier rules; containerd's random ids may not pass.
-    if (!id) id = `${process.hrtime.bigint() % 1_000_000_000n}-${randomBytes(3).toString('base64url')}`;
-    validateLabels(labels);
-    try {
-      await this.namespaceEnsure(ns);
-      const [r] = await this.sql`INSERT INTO metadata_leases (namespace, id, labels) VALUES (${ns}, ${id}, ${this.sql.json(labels ?? {})}) RETURNING *`;
-      return { id: r!.id, labels: r!.labels, createdAt: toTimestamp(r!.created_at) };
-    } catch (err) {
-      if (sqlState(err) === UNIQUE_VIOLATION) throw errAlreadyExists(`lease "${id}"`);
-      throw err;
-    }
-  }
-
-  async leaseDelete(ctx: CallContext, id: string): Promise<void> {
-    const ns = namespaceRequired(ctx);
-    const rows = await this.sql`DELETE FROM metadata_leases WHERE namespace = ${ns} AND id = ${id} RETURNING id`;
-    if (rows.length === 0) throw errNotFound(`lease "${id}"`);
-  }
-
-  async leaseList(ctx: CallContext): Promise<lapi.Lease[]> {
-    const ns = namespaceRequired(ctx);
-    const rows = await this.sql`SELECT * FROM metadata_leases WHERE namespace = ${ns} ORDER BY id`;
-    return rows.map((r) => ({ id: r.id, labels: r.labels, createdAt: toTimestamp(r.created_at) }));
-  }
-
-  async leaseAddResource(ctx: CallContext, lease: string, res: lapi.Resource): Promise<void> {
-    const ns = namespaceRequired(ctx);
-    if (!res.id || !res.type) throw errInvalidArgument('resource id and type must be set');
-    const have = await this.sql`SELECT 1 FROM metadata_leases WHERE namespace = ${ns} AND id = ${lease}`;
-    if (have.length === 0) throw errNotFound(`lease "${lease}"`);
-    await this.sql`INSERT INTO metadata_lease_resources (namespace, lease, type, id) VALUES (${ns}, ${lease}, ${res.type}, ${res.id}) ON CONFLICT DO NOTHING`;
-  }
-
-  async leaseDeleteResource(ctx: CallContext, lease: string, res: lapi.Resource): Promise<void> {
-    const ns = namespaceRequired(ctx);
-    const have = await this.sql`SELECT 1 FROM metadata_leases WHERE namespace = ${ns} AND id = ${lease}`;
-    if (have.length === 0) throw errNotFound(`lease "${lease}"`);
-    await this.sql`DELETE FROM metadata_lease_resources WHERE namespace = ${ns} AND lease = ${lease} AND type = ${res.type} AND id = ${res.id}`;
-  }
-
-  async leaseListResources(ctx: CallContext, lease: string): Promise<lapi.Resource[]> {
-    const ns = namespaceRequired(ctx);
-    const have = await this.sql`SELECT 1 FROM metadata_leases WHERE namespace = ${ns} AND id = ${lease}`;
-    if (have.length === 0) throw errNotFound(`lease "${lease}"`);
-    const rows = await this.sql`SELECT type, id FROM metadata_lease_resources WHERE namespace = ${ns} AND lease = ${lease} ORDER BY type, id`;
-    return rows.map((r) => ({ type: r.type, id: r.id }));
   }
 }
