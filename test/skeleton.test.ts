@@ -94,7 +94,7 @@ test('each process shows its title; one killed with -9 is restarted and the stac
   assert.equal(run.stdout, 'still here\n');
 });
 
-test('a 10 MiB ingest through the 1 MiB-payload bus keeps every byte', async () => {
+test('a 10 MiB ingest, larger than one bus payload (8 MiB), keeps every byte', async () => {
   const data = Buffer.alloc(10 * 1024 * 1024);
   for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
   const ingest = await stack.ctr(['content', 'ingest', 'big-ref'], { input: data });
