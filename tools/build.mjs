@@ -39,7 +39,14 @@ await build({
   // Class names survive bundling (error classes and logs read constructor.name).
   keepNames: true,
   tsconfig: path.join(root, 'tsconfig.base.json'),
-  banner: { js: "import { createRequire as __flotillaRequire } from 'node:module'; const require = __flotillaRequire(import.meta.url);" },
+  // An app's title is set before any bundled module runs (runApp sets it again), so ps and
+  // the launcher see flotilla-<app> from the start, not only after heavy imports load.
+  banner: {
+    js: [
+      "import { createRequire as __flotillaRequire } from 'node:module'; const require = __flotillaRequire(import.meta.url);",
+      "{ const m = /\\/apps\\/([^/]+)\\/main\\.js$/.exec(import.meta.url); if (m) process.title = 'flotilla-' + m[1]; }",
+    ].join('\n'),
+  },
   define: { 'process.env.FLOTILLA_REVISION': JSON.stringify(revision) },
   logLevel: 'warning',
 });
