@@ -4,61 +4,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createHash, randomFillSync } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
-import { content as api } from '@flotilla/api';
+import { status, until, writeRandomBlob } from './content-support.js';
 import { buildGoTest, runGoTest, startStack, testNamespace, type Stack } from '@flotilla/testing';
 
-const SIZE = 200 << 20;
+/** ctr's stdin is fed a piece this size at a time, slowly, so the kill lands mid-ingest. */
 const CHUNK = 1 << 20;
-
-/** The ingest's offset through the Content API's Status call (NotFound: -1). */
-function status(socket: string, ns: string, ref: string): Promise<{ code: number; offset: number }> {
-  const client = new grpc.Client(`unix://${socket}`, grpc.credentials.createInsecure());
-  const md = new grpc.Metadata();
-  md.set('containerd-namespace', ns);
-  return new Promise((resolve) => {
-    client.makeUnaryRequest(
-      '/containerd.services.content.v1.Content/Status',
-      (m: api.StatusRequest) => Buffer.from(api.StatusRequest.encode(m).finish()),
-      (b: Buffer) => api.StatusResponse.decode(b),
-      { ref },
-      md,
-      (err, res) => {
-        client.close();
-        resolve(err ? { code: err.code, offset: -1 } : { code: 0, offset: res!.status!.offset });
-      },
-    );
-  });
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+const SIZE = 200 << 20;
 
 test('a content service killed -9 mid-ingest: the client resumes at the reported offset and the digest verifies', { timeout: 10 * 60_000 }, async (t) => {
   const ns = testNamespace(t.name);
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-content-restart-'));
-  const file = path.join(dir, 'blob');
-  const hash = createHash('sha256');
-  const fh = await fs.open(file, 'w');
-  const buf = Buffer.alloc(CHUNK);
-  for (let off = 0; off < SIZE; off += CHUNK) {
-    randomFillSync(buf);
-    hash.update(buf);
-    await fh.write(buf);
-  }
-  await fh.close();
-  const dgst = 'sha256:' + hash.digest('hex');
+  const { file, dgst } = await writeRandomBlob(dir, SIZE);
   const bin = await buildGoTest('content');
   let stack: Stack | undefined;
   try {
@@ -74,6 +33,7 @@ test('a content service killed -9 mid-ingest: the client resumes at the reported
     ctr.stdin.on('error', () => (stop = true));
     void (async () => {
       const src = await fs.open(file, 'r');
+      const buf = Buffer.alloc(CHUNK);
       try {
         while (!stop && fed < SIZE) {
           const { bytesRead } = await src.read(buf, 0, CHUNK, fed);
