@@ -1,7 +1,8 @@
 // The stack runs nats-server with max_payload 8 MiB, so ctr's 1 MiB messages cross the bus
 // whole. With FLOTILLA_MAX_PAYLOAD lowered to 64 KiB, every Write message is cut by the
 // gateway into many WRITE steps and every Read reply into many records: this keeps those
-// paths tested through the real ctr.
+// paths tested through the real ctr. Direct links are off (FLOTILLA_DIRECT=off), so every
+// Write step and stream batch crosses nats-server, as between processes on different hosts.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
@@ -10,7 +11,7 @@ import { startStack, testNamespace, type Stack } from '@flotilla/testing';
 let stack: Stack;
 
 before(async () => {
-  stack = await startStack({ env: { FLOTILLA_MAX_PAYLOAD: String(64 * 1024) } });
+  stack = await startStack({ env: { FLOTILLA_MAX_PAYLOAD: String(64 * 1024), FLOTILLA_DIRECT: 'off' } });
 });
 
 after(async () => {

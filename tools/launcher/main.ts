@@ -21,6 +21,8 @@ async function main(): Promise<void> {
   process.title = 'flotilla-launcher';
   const cfg = loadConfig();
   for (const d of [cfg.stateDir, cfg.runDir, cfg.logDir, path.dirname(cfg.socket)]) await fs.mkdir(d, { recursive: true });
+  // Direct-link sockets of a previous run (processes killed with -9 leave theirs behind).
+  if (cfg.directDir) await fs.rm(cfg.directDir, { recursive: true, force: true });
   if (cfg.home) await fs.chmod(cfg.home, 0o755).catch(() => {});
   const env: NodeJS.ProcessEnv = { ...process.env, FLOTILLA_NODE_ID: cfg.nodeId };
   if (cfg.home) env.FLOTILLA_HOME = cfg.home;

@@ -29,7 +29,7 @@ export async function runApp(name: string, start: (app: AppContext) => Promise<S
   try {
     const cfg = loadConfig();
     await initTelemetry(`flotilla-${name}`);
-    const bus = await Bus.connect({ url: cfg.natsUrl, name: `flotilla-${name}`, maxPayload: cfg.maxPayload, requestTimeoutMs: cfg.requestTimeoutMs });
+    const bus = await Bus.connect({ url: cfg.natsUrl, name: `flotilla-${name}`, maxPayload: cfg.maxPayload, requestTimeoutMs: cfg.requestTimeoutMs, directDir: cfg.directDir });
     const stop = await start({ name, cfg, bus, log });
     log('started', { node: cfg.nodeId, nats: cfg.natsUrl });
     let stopping = false;

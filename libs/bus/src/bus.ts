@@ -2,14 +2,16 @@
 // discoverability (name, version, stats per endpoint), pull-driven batches for streamed
 // replies, plain publish/subscribe for events.
 import { randomUUID } from 'node:crypto';
-import { connect, headers as natsHeaders, ErrorCode, type NatsConnection, type MsgHdrs, type Msg, type Service, type Subscription, NatsError } from 'nats';
+import path from 'node:path';
+import { connect, headers as natsHeaders, ErrorCode, type NatsConnection, type MsgHdrs, type Service, type Subscription, NatsError } from 'nats';
 import {
   ContainerdError, ErrorClass, classOf, errUnavailable, grpcCodeOf, isErrorClass, messageOf, withClass,
 } from '@flotilla/errdefs';
 import { SpanKind, extractTrace, injectTrace, otelContext, withSpan, type Carrier } from '@flotilla/telemetry';
 import { Header, type CallContext, contextFromHeaders, contextToHeaders, currentContext, runWithContext } from './context.js';
+import { DirectLink, DirectLinkError, DirectServer, type Incoming, type Reply } from './direct.js';
 import { BatchReader, StreamCursor } from './framing.js';
-import { streamSubject } from './subjects.js';
+import { instanceOfSubject, streamSubject } from './subjects.js';
 
 export interface BusOptions {
   url: string;
@@ -21,7 +23,19 @@ export interface BusOptions {
   requestTimeoutMs?: number;
   /** How long an unread stream stays open before the server side drops it. */
   streamIdleMs?: number;
+  /**
+   * Directory for this process's direct-link socket (see direct.ts). When set, requests
+   * pinned to another instance on this host skip nats-server, and this instance offers the
+   * same to others. Unset: everything goes through NATS.
+   */
+  directDir?: string;
 }
+
+/**
+ * A request body, whole or in pieces (sent as one; pieces save a copy when the request goes
+ * over a direct link, e.g. a Write step's header before the client's data).
+ */
+export type Payload = Uint8Array | readonly Uint8Array[];
 
 /** Returned by a unary handler that holds a call (e.g. Wait) and wants the caller to ask again. */
 export const CONTINUE = Symbol('flotilla.continue');
@@ -30,7 +44,13 @@ export type UnaryHandler = (data: Uint8Array, ctx: CallContext) => Promise<Uint8
 export type StreamHandler = (data: Uint8Array, ctx: CallContext) => AsyncIterable<Uint8Array>;
 
 export type EndpointSpec =
-  | { method: string; subject: string; unary: UnaryHandler }
+  | {
+      method: string;
+      subject: string;
+      unary: UnaryHandler;
+      /** Replies open a session pinned to this instance: advertise the direct link with them. */
+      opensSession?: boolean;
+    }
   | { method: string; subject: string; stream: StreamHandler };
 
 export interface ServiceSpec {
@@ -44,6 +64,11 @@ export interface ServiceSpec {
 
 // Space kept free in each payload for headers and protocol overhead.
 const HEADROOM = 8 * 1024;
+/**
+ * First batch of a stream for a caller that can take direct links: small, so a large reply
+ * moves to the link after one NATS message while a small one still completes in it.
+ */
+const FIRST_BATCH_DIRECT = 256 * 1024;
 
 const hdrCarrier = (h: MsgHdrs): Carrier => ({ get: (k) => h.get(k) || undefined, set: (k, v) => h.set(k, v) });
 
@@ -64,6 +89,12 @@ export class Bus {
   private readonly sessions = new Map<string, StreamSession>();
   private streamSub?: Subscription;
   private readonly services: Service[] = [];
+  /** Handlers by subject, for requests arriving over the direct link. */
+  private readonly handlers = new Map<string, (msg: Incoming) => void>();
+  private direct?: DirectServer;
+  /** Direct links to other instances, by instance id (learned from their replies). */
+  private readonly links = new Map<string, DirectLink>();
+  private readonly linkByAddress = new Map<string, DirectLink>();
 
   private constructor(nc: NatsConnection, opts: BusOptions) {
     this.nc = nc;
@@ -80,8 +111,44 @@ export class Bus {
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       waitOnFirstConnect: true,
+      // nats.js otherwise captures two stack traces per request, a visible share of a call's CPU.
+      noAsyncTraces: true,
     });
-    return new Bus(nc, opts);
+    const bus = new Bus(nc, opts);
+    if (opts.directDir) {
+      const file = path.join(opts.directDir, `${opts.name}-${process.pid}.sock`);
+      bus.direct = await DirectServer.listen(file, (msg) => bus.onDirect(msg));
+    }
+    return bus;
+  }
+
+  /** This instance's direct-link address (`unix:<path>`), when it offers one. */
+  get directAddress(): string | undefined {
+    return this.direct?.address;
+  }
+
+  private onDirect(msg: Incoming): void {
+    const h = this.handlers.get(msg.subject);
+    if (h) h(msg);
+    else respondError(msg, errUnavailable(`${msg.subject}: no such endpoint on this instance`));
+  }
+
+  /** Adds the direct-link advertisement to reply headers (only towards callers that take it). */
+  private advertise(h: MsgHdrs, req: Incoming): void {
+    if (this.direct && req.headers?.get(Header.DirectOk)) h.set(Header.Direct, `${this.instance} ${this.direct.address}`);
+  }
+
+  private learn(advert: string): void {
+    const sp = advert.indexOf(' ');
+    const instance = advert.slice(0, sp);
+    const address = advert.slice(sp + 1);
+    if (sp <= 0 || instance === this.instance || !address.startsWith('unix:') || this.links.get(instance)?.address === address) return;
+    let link = this.linkByAddress.get(address);
+    if (!link) {
+      link = new DirectLink(address);
+      this.linkByAddress.set(address, link);
+    }
+    this.links.set(instance, link);
   }
 
   // ---- client side ----
@@ -89,6 +156,7 @@ export class Bus {
   private headersFor(ctx: CallContext): MsgHdrs {
     const h = contextToHeaders(ctx);
     injectTrace(hdrCarrier(h));
+    if (this.direct) h.set(Header.DirectOk, '1');
     return h;
   }
 
@@ -99,11 +167,32 @@ export class Bus {
     return left;
   }
 
-  /** One NATS request; maps transport failures and error replies to containerd errors. */
-  private async requestOnce(subject: string, data: Uint8Array, h: MsgHdrs, ctx: CallContext): Promise<Msg> {
-    let msg: Msg;
+  /**
+   * One request, over the direct link when the subject names an instance we have one to
+   * (falling back to NATS when it cannot be reached), else over NATS; maps transport
+   * failures and error replies to containerd errors.
+   */
+  private async requestOnce(subject: string, data: Payload, h: MsgHdrs, ctx: CallContext): Promise<Reply> {
+    const inst = this.links.size > 0 ? instanceOfSubject(subject) : undefined;
+    const link = inst ? this.links.get(inst) : undefined;
+    if (link && !link.unreachable) {
+      const timeout = this.timeoutFor(ctx);
+      try {
+        const msg = await link.request(subject, data, h, timeout, () =>
+          ctx.deadline !== undefined && Date.now() >= ctx.deadline
+            ? new ContainerdError(ErrorClass.DeadlineExceeded, 'context deadline exceeded')
+            : errUnavailable(`${subject}: no reply in time`));
+        throwIfError(msg);
+        return msg;
+      } catch (err) {
+        if (!(err instanceof DirectLinkError)) throw err;
+        // The instance went away mid-call, as a NATS request would find no responders.
+        if (!err.beforeSend) throw errUnavailable(`${subject}: no service is answering`, { cause: err });
+      }
+    }
+    let msg: Reply;
     try {
-      msg = await this.nc.request(subject, data, { timeout: this.timeoutFor(ctx), headers: h });
+      msg = await this.nc.request(subject, isPieces(data) ? Buffer.concat(data) : data, { timeout: this.timeoutFor(ctx), headers: h });
     } catch (err) {
       if (err instanceof NatsError && err.code === ErrorCode.NoResponders) {
         throw errUnavailable(`${subject}: no service is answering`, { cause: err });
@@ -118,6 +207,8 @@ export class Bus {
       throw errUnavailable(`${subject}: ${messageOf(err)}`, { cause: err });
     }
     throwIfError(msg);
+    const advert = this.direct ? msg.headers?.get(Header.Direct) : undefined;
+    if (advert) this.learn(advert);
     return msg;
   }
 
@@ -126,7 +217,7 @@ export class Bus {
    * re-sent until an answer or the deadline: that is how a blocking Wait crosses the bus
    * and survives a restart of the service holding it.
    */
-  async request(subject: string, data: Uint8Array, ctx: CallContext = currentContext()): Promise<Uint8Array> {
+  async request(subject: string, data: Payload, ctx: CallContext = currentContext()): Promise<Uint8Array> {
     for (;;) {
       const msg = await this.requestOnce(subject, data, this.headersFor(ctx), ctx);
       if (msg.headers?.get(Header.Continue)) continue;
@@ -150,14 +241,14 @@ export class Bus {
    */
   async *requestStream(subject: string, data: Uint8Array, ctx: CallContext = currentContext()): AsyncGenerator<Uint8Array> {
     const reader = new BatchReader();
-    let msg = await this.requestOnce(subject, data, this.headersFor(ctx), ctx);
+    let msg: Reply = await this.requestOnce(subject, data, this.headersFor(ctx), ctx);
     let done = false;
     try {
       for (;;) {
         const end = !!msg.headers?.get(Header.StreamEnd);
         const id = msg.headers?.get(Header.Stream);
         const next = msg.headers?.get(Header.StreamSubject);
-        let pending: Promise<Msg> | undefined;
+        let pending: Promise<Reply> | undefined;
         if (!end) {
           if (!id || !next) throw errUnavailable(`${subject}: malformed stream reply`);
           const h = this.headersFor(ctx);
@@ -178,7 +269,7 @@ export class Bus {
     }
   }
 
-  private cancelStream(last: Msg): void {
+  private cancelStream(last: Reply): void {
     const id = last.headers?.get(Header.Stream);
     const next = last.headers?.get(Header.StreamSubject);
     if (!id || !next || last.headers?.get(Header.StreamEnd)) return;
@@ -218,13 +309,14 @@ export class Bus {
           void this.dispatch(spec.name, ep, msg);
         },
       });
+      this.handlers.set(ep.subject, (msg) => void this.dispatch(spec.name, ep, msg));
     }
     if (spec.endpoints.some((ep) => 'stream' in ep)) this.ensureStreamEndpoint();
     this.services.push(srv);
     return srv;
   }
 
-  private async dispatch(service: string, ep: EndpointSpec, msg: Msg): Promise<void> {
+  private async dispatch(service: string, ep: EndpointSpec, msg: Incoming): Promise<void> {
     const ctx = contextFromHeaders(msg.headers);
     const parent = msg.headers ? extractTrace(hdrCarrier(msg.headers), otelContext.active()) : otelContext.active();
     await withSpan(`${service}/${ep.method}`, SpanKind.SERVER, parent, { 'rpc.system': 'nats', 'rpc.method': ep.method }, () =>
@@ -236,12 +328,17 @@ export class Bus {
               const h = natsHeaders();
               h.set(Header.Continue, '1');
               msg.respond(new Uint8Array(0), { headers: h });
+            } else if (ep.opensSession && this.direct && msg.headers?.get(Header.DirectOk)) {
+              const h = natsHeaders();
+              this.advertise(h, msg);
+              msg.respond(out, { headers: h });
             } else {
               msg.respond(out);
             }
           } else {
             const cursor = new StreamCursor(ep.stream(msg.data, ctx)[Symbol.asyncIterator](), this.chunkLimit);
-            await this.sendBatch(msg, cursor, ctx, randomUUID());
+            const first = this.direct && msg.headers?.get(Header.DirectOk) ? FIRST_BATCH_DIRECT : undefined;
+            await this.sendBatch(msg, cursor, ctx, randomUUID(), first);
           }
         } catch (e) {
           // Unclassified errors are bugs or environment failures: keep their stack.
@@ -256,31 +353,32 @@ export class Bus {
 
   private ensureStreamEndpoint(): void {
     if (this.streamSub) return;
-    this.streamSub = this.nc.subscribe(streamSubject(this.instance), {
-      callback: (err, msg) => {
-        if (err) return;
-        const id = msg.headers?.get(Header.Stream) ?? '';
-        const s = this.sessions.get(id);
-        if (!s) {
-          if (msg.reply) respondError(msg, errUnavailable(`stream ${id}: expired or unknown`));
-          return;
-        }
-        this.sessions.delete(id);
-        clearTimeout(s.timer);
-        if (msg.headers?.get(Header.StreamCancel)) {
-          void s.cursor.cancel();
-          return;
-        }
-        void runWithContext(s.ctx, () => this.sendBatch(msg, s.cursor, s.ctx, id)).catch((e) => respondError(msg, e));
-      },
-    });
+    const subject = streamSubject(this.instance);
+    this.streamSub = this.nc.subscribe(subject, { callback: (err, msg) => err || this.onStreamContinue(msg) });
+    this.handlers.set(subject, (msg) => this.onStreamContinue(msg));
   }
 
-  /** Replies with the next batch; keeps the session while more may follow. */
-  private async sendBatch(msg: Msg, cursor: StreamCursor, ctx: CallContext, id: string): Promise<void> {
+  private onStreamContinue(msg: Incoming): void {
+    const id = msg.headers?.get(Header.Stream) ?? '';
+    const s = this.sessions.get(id);
+    if (!s) {
+      if (msg.reply) respondError(msg, errUnavailable(`stream ${id}: expired or unknown`));
+      return;
+    }
+    this.sessions.delete(id);
+    clearTimeout(s.timer);
+    if (msg.headers?.get(Header.StreamCancel)) {
+      void s.cursor.cancel();
+      return;
+    }
+    void runWithContext(s.ctx, () => this.sendBatch(msg, s.cursor, s.ctx, id)).catch((e) => respondError(msg, e));
+  }
+
+  /** Replies with the next batch (of at most `limit` bytes); keeps the session while more may follow. */
+  private async sendBatch(msg: Incoming, cursor: StreamCursor, ctx: CallContext, id: string, limit?: number): Promise<void> {
     let next: { batch: Uint8Array; end: boolean };
     try {
-      next = await cursor.next();
+      next = await cursor.next(limit);
     } catch (e) {
       respondError(msg, e);
       return;
@@ -291,6 +389,7 @@ export class Bus {
     } else {
       h.set(Header.Stream, id);
       h.set(Header.StreamSubject, streamSubject(this.instance));
+      this.advertise(h, msg);
       this.sessions.set(id, {
         cursor,
         ctx,
@@ -310,11 +409,13 @@ export class Bus {
       void s.cursor.cancel();
     }
     this.sessions.clear();
+    for (const l of this.linkByAddress.values()) l.close();
+    await this.direct?.close();
     await this.nc.drain().catch(() => {});
   }
 }
 
-function respondError(msg: Msg, err: unknown): void {
+function respondError(msg: Incoming, err: unknown): void {
   if (!msg.reply) return;
   const cls = classOf(err);
   const h = natsHeaders();
@@ -325,7 +426,11 @@ function respondError(msg: Msg, err: unknown): void {
   msg.respond(new Uint8Array(0), { headers: h });
 }
 
-function throwIfError(msg: Msg): void {
+function isPieces(p: Payload): p is readonly Uint8Array[] {
+  return Array.isArray(p);
+}
+
+function throwIfError(msg: Reply): void {
   const h = msg.headers;
   if (!h) return;
   const text = h.get(Header.Error);

@@ -28,6 +28,10 @@ export const Header = {
   StreamSubject: 'Flotilla-Stream-Subject',
   StreamEnd: 'Flotilla-Stream-End',
   StreamCancel: 'Flotilla-Stream-Cancel',
+  /** On a request: the caller can take direct links (see direct.ts). */
+  DirectOk: 'Flotilla-Direct-Ok',
+  /** On a reply: `<instance> unix:<path>`, the replying instance's direct link. */
+  Direct: 'Flotilla-Direct',
 } as const;
 
 const storage = new AsyncLocalStorage<CallContext>();

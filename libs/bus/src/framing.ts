@@ -21,11 +21,11 @@ export class StreamCursor {
    */
   constructor(private readonly it: AsyncIterator<Uint8Array>, private readonly limit: number, private readonly holdMs = 15_000) {}
 
-  /** The next batch; `end` is true when nothing follows it. */
-  async next(): Promise<{ batch: Uint8Array; end: boolean }> {
+  /** The next batch (at most `limit` bytes, default the cursor's); `end` is true when nothing follows it. */
+  async next(limit = this.limit): Promise<{ batch: Uint8Array; end: boolean }> {
     const parts: Uint8Array[] = [];
     let size = 0;
-    while (size + RECORD_HEADER < this.limit) {
+    while (size + RECORD_HEADER < limit) {
       if (!this.partial) {
         const p = this.pending ?? this.it.next();
         this.pending = undefined;
@@ -42,7 +42,7 @@ export class StreamCursor {
         this.partial = { msg: r.value, off: 0 };
       }
       const { msg, off } = this.partial;
-      const n = Math.min(this.limit - size - RECORD_HEADER, msg.length - off);
+      const n = Math.min(limit - size - RECORD_HEADER, msg.length - off);
       const more = off + n < msg.length;
       const hdr = Buffer.allocUnsafe(RECORD_HEADER);
       hdr.writeUInt32BE(n, 0);

@@ -63,3 +63,10 @@ export function streamSubject(instance: string): string {
 export function instanceSubject(service: ClusterService, instance: string, method: string): string {
   return `${SUBJECT_ROOT}.inst.${token('instance', instance)}.${token('service', service)}.${token('method', method)}`;
 }
+
+const PINNED_RE = /^flotilla\.v1\.(?:inst|stream)\.([A-Za-z0-9_-]+)(?:\.|$)/;
+
+/** The instance an instance-pinned subject (inst.* or stream.*) reaches; undefined for others. */
+export function instanceOfSubject(subject: string): string | undefined {
+  return PINNED_RE.exec(subject)?.[1];
+}

@@ -25,6 +25,11 @@ export interface FlotillaConfig {
   maxLayerBytes: number;
   /** Where the content service keeps blobs and ingests (FLOTILLA_CONTENT_BACKEND). */
   content: ContentBackendConfig;
+  /**
+   * Direct links (FLOTILLA_DIRECT=unix, the default, or off): each process's unix socket for
+   * requests pinned to it by processes on the same host, beside NATS (<runDir>/direct).
+   */
+  directDir: string | undefined;
 }
 
 /** `local`: files under the content app's state dir; `s3`: an S3 bucket (FLOTILLA_S3_*). */
@@ -123,7 +128,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): FlotillaConfig
     requestTimeoutMs: intVar(env, 'FLOTILLA_REQUEST_TIMEOUT_MS', 120_000, 100),
     maxLayerBytes: intVar(env, 'FLOTILLA_MAX_LAYER_BYTES', 64 * 1024 ** 3, 4096),
     content: contentBackend(env),
+    directDir: directDir(env, runDir),
   };
+}
+
+function directDir(env: NodeJS.ProcessEnv, runDir: string): string | undefined {
+  const v = env.FLOTILLA_DIRECT || 'unix';
+  if (v === 'off') return undefined;
+  if (v !== 'unix') throw new ConfigError(`FLOTILLA_DIRECT=${v}: want unix or off`);
+  return path.join(runDir, 'direct');
 }
 
 /** The state directory an app owns. */

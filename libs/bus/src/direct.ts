@@ -1,0 +1,290 @@
+// Direct links: bulk bytes beside NATS between processes on the same host.
+//
+// NATS routes every call (queue groups, discovery, node subjects). But once a call is pinned
+// to one process — a content Write session, the continuation of a streamed reply — its
+// subject names that process's bus instance, and routing has nothing left to decide. Every
+// byte through nats-server costs a copy in and out of it plus the client libraries' parsing
+// (~7 ms of CPU per MiB here, more than hashing and writing it), so those pinned requests
+// take a unix socket straight to the instance when both ends share a host. The server
+// advertises its socket in a reply header (`Flotilla-Direct: <instance> unix:<path>`); a
+// client that cannot connect (another host, direct links off) keeps using NATS, which
+// reaches the same handler, so the link is an optimisation and never a requirement.
+//
+// Frames, both directions, after a u32 BE length of the rest:
+//   request: u32 id | u16 subject length | subject | u32 header length | headers (JSON) | data
+//   reply:   u32 id | u32 header length | headers (JSON) | data
+// Requests on one connection are answered in any order, matched by id.
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { headers as natsHeaders, type MsgHdrs } from 'nats';
+
+/** What a handler needs of an incoming request; NATS's Msg has the same shape. */
+export interface Incoming {
+  subject: string;
+  data: Uint8Array;
+  headers?: MsgHdrs;
+  reply?: string;
+  respond(data?: Uint8Array, opts?: { headers?: MsgHdrs }): boolean;
+}
+
+/** A reply as the client reads it; NATS's Msg has the same shape. */
+export interface Reply {
+  data: Uint8Array;
+  headers?: MsgHdrs;
+}
+
+function encodeHeaders(h: MsgHdrs | undefined): Buffer {
+  if (!h) return Buffer.alloc(0);
+  const o: Record<string, string> = {};
+  for (const k of h.keys()) o[k] = h.get(k);
+  return Buffer.from(JSON.stringify(o));
+}
+
+function decodeHeaders(b: Buffer): MsgHdrs | undefined {
+  if (b.length === 0) return undefined;
+  const h = natsHeaders();
+  for (const [k, v] of Object.entries(JSON.parse(b.toString('utf8')) as Record<string, string>)) h.set(k, v);
+  return h;
+}
+
+/** Largest frame accepted: a batch plus generous room for headers; anything larger is a protocol error. */
+const MAX_FRAME = 64 * 1024 * 1024;
+
+/** Cuts a byte stream into length-prefixed frames, concatenating each frame's pieces once. */
+class FrameReader {
+  private chunks: Buffer[] = [];
+  private have = 0;
+  private need = -1;
+
+  constructor(private readonly onFrame: (frame: Buffer) => void) {}
+
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.have += chunk.length;
+    for (;;) {
+      if (this.need < 0) {
+        if (this.have < 4) return;
+        const head = this.take(4);
+        this.need = head.readUInt32BE(0);
+        if (this.need > MAX_FRAME) throw new Error(`direct link: frame of ${this.need} bytes exceeds ${MAX_FRAME}`);
+      }
+      if (this.have < this.need) return;
+      const frame = this.take(this.need);
+      this.need = -1;
+      this.onFrame(frame);
+    }
+  }
+
+  private take(n: number): Buffer {
+    let out: Buffer;
+    const first = this.chunks[0]!;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let off = 0;
+      while (off < n) {
+        const c = this.chunks[0]!;
+        const k = Math.min(c.length, n - off);
+        c.copy(out, off, 0, k);
+        off += k;
+        if (k === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(k);
+      }
+    }
+    this.have -= n;
+    return out;
+  }
+}
+
+/**
+ * The server end: one unix socket per bus instance. `dispatch` receives each request as an
+ * Incoming whose respond() writes the reply frame back on the same connection.
+ */
+export class DirectServer {
+  private readonly server: net.Server;
+  private readonly conns = new Set<net.Socket>();
+
+  private constructor(readonly address: string, private readonly file: string, server: net.Server) {
+    this.server = server;
+    server.on('connection', (s) => this.accept(s));
+  }
+
+  private dispatch: (msg: Incoming) => void = () => {};
+
+  static async listen(file: string, dispatch: (msg: Incoming) => void): Promise<DirectServer> {
+    await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+    await fs.promises.rm(file, { force: true });
+    const server = net.createServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(file, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    await fs.promises.chmod(file, 0o600);
+    const d = new DirectServer(`unix:${file}`, file, server);
+    d.dispatch = dispatch;
+    return d;
+  }
+
+  private accept(sock: net.Socket): void {
+    this.conns.add(sock);
+    sock.on('close', () => this.conns.delete(sock));
+    sock.on('error', () => sock.destroy());
+    const reader = new FrameReader((f) => {
+      const id = f.readUInt32BE(0);
+      const sl = f.readUInt16BE(4);
+      const subject = f.toString('utf8', 6, 6 + sl);
+      const hl = f.readUInt32BE(6 + sl);
+      const hstart = 10 + sl;
+      const headers = decodeHeaders(f.subarray(hstart, hstart + hl));
+      let answered = false;
+      this.dispatch({
+        subject,
+        data: f.subarray(hstart + hl),
+        headers,
+        reply: `direct.${id}`,
+        respond: (data = new Uint8Array(0), opts) => {
+          if (answered || sock.destroyed) return false;
+          answered = true;
+          const hb = encodeHeaders(opts?.headers);
+          const head = Buffer.allocUnsafe(12 + hb.length);
+          head.writeUInt32BE(8 + hb.length + data.byteLength, 0);
+          head.writeUInt32BE(id, 4);
+          head.writeUInt32BE(hb.length, 8);
+          hb.copy(head, 12);
+          sock.cork();
+          sock.write(head);
+          if (data.byteLength > 0) sock.write(data);
+          sock.uncork();
+          return true;
+        },
+      });
+    });
+    sock.on('data', (chunk: Buffer) => {
+      try {
+        reader.push(chunk);
+      } catch {
+        sock.destroy();
+      }
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.conns) s.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await fs.promises.rm(this.file, { force: true }).catch(() => {});
+  }
+}
+
+/** Why a direct request failed: the link itself (the caller may treat it like NATS's no-responders). */
+export class DirectLinkError extends Error {
+  constructor(message: string, readonly beforeSend: boolean) {
+    super(message);
+    this.name = 'DirectLinkError';
+  }
+}
+
+interface Pending {
+  resolve: (r: Reply) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+/** The client end: one connection to one server, requests multiplexed by id. */
+export class DirectLink {
+  private sock?: net.Socket;
+  private connecting?: Promise<net.Socket>;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  /** Set when connecting failed: the address is not reachable from here. */
+  unreachable = false;
+
+  constructor(readonly address: string) {}
+
+  private connect(): Promise<net.Socket> {
+    if (this.sock && !this.sock.destroyed) return Promise.resolve(this.sock);
+    if (this.connecting) return this.connecting;
+    const file = this.address.slice('unix:'.length);
+    this.connecting = new Promise<net.Socket>((resolve, reject) => {
+      const s = net.connect(file);
+      const reader = new FrameReader((f) => this.onReply(f));
+      s.once('connect', () => {
+        this.sock = s;
+        this.connecting = undefined;
+        resolve(s);
+      });
+      s.on('data', (chunk: Buffer) => {
+        try {
+          reader.push(chunk);
+        } catch (e) {
+          s.destroy(e as Error);
+        }
+      });
+      s.on('error', (err) => {
+        if (this.connecting) {
+          this.connecting = undefined;
+          this.unreachable = true;
+          reject(new DirectLinkError(`direct link ${this.address}: ${err.message}`, true));
+        }
+      });
+      s.on('close', () => {
+        if (this.sock === s) this.sock = undefined;
+        for (const [id, p] of this.pending) {
+          this.pending.delete(id);
+          clearTimeout(p.timer);
+          p.reject(new DirectLinkError(`direct link ${this.address}: connection closed`, false));
+        }
+      });
+    });
+    return this.connecting;
+  }
+
+  private onReply(f: Buffer): void {
+    const id = f.readUInt32BE(0);
+    const p = this.pending.get(id);
+    if (!p) return; // timed out already
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    const hl = f.readUInt32BE(4);
+    p.resolve({ headers: decodeHeaders(f.subarray(8, 8 + hl)), data: f.subarray(8 + hl) });
+  }
+
+  /** One request; rejects with DirectLinkError when the link fails, or `onTimeout()` after `timeoutMs`. */
+  async request(subject: string, data: Uint8Array | readonly Uint8Array[], h: MsgHdrs | undefined, timeoutMs: number, onTimeout: () => Error): Promise<Reply> {
+    const sock = await this.connect();
+    const pieces = Array.isArray(data) ? (data as readonly Uint8Array[]) : [data as Uint8Array];
+    const size = pieces.reduce((n, p) => n + p.byteLength, 0);
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    const sb = Buffer.from(subject, 'utf8');
+    const hb = encodeHeaders(h);
+    const head = Buffer.allocUnsafe(14 + sb.length + hb.length);
+    head.writeUInt32BE(10 + sb.length + hb.length + size, 0);
+    head.writeUInt32BE(id, 4);
+    head.writeUInt16BE(sb.length, 8);
+    sb.copy(head, 10);
+    head.writeUInt32BE(hb.length, 10 + sb.length);
+    hb.copy(head, 14 + sb.length);
+    return new Promise<Reply>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(onTimeout());
+      }, timeoutMs);
+      this.pending.set(id, { resolve, reject, timer });
+      sock.cork();
+      sock.write(head);
+      for (const p of pieces) if (p.byteLength > 0) sock.write(p);
+      sock.uncork();
+    });
+  }
+
+  close(): void {
+    this.sock?.destroy();
+  }
+}

@@ -1,0 +1,160 @@
+// Direct links against a real nats-server: requests pinned to an instance (stream
+// continuations, session subjects) skip NATS when both ends offer a link, fall back to NATS
+// when the link cannot be reached, and fail as Unavailable when the instance goes away.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { connect, type NatsConnection } from 'nats';
+import { Bus, currentContext, instanceSubject, serviceSubject } from '@flotilla/bus';
+import { ErrorClass, classOf, errNotFound } from '@flotilla/errdefs';
+import { startNats } from '@flotilla/testing';
+
+let nats: Awaited<ReturnType<typeof startNats>>;
+let dir: string;
+let server: Bus;
+let direct: Bus;
+let plain: Bus;
+let monitor: NatsConnection;
+/** Pinned-subject messages that crossed nats-server, by subject kind. */
+const seen = { inst: 0, stream: 0 };
+
+async function serve(bus: Bus, name: string): Promise<void> {
+  await bus.addService({
+    name,
+    version: '0.0.1',
+    description: 'direct link test',
+    endpoints: [
+      {
+        method: 'Open',
+        subject: serviceSubject('content', `Open${name}`),
+        opensSession: true,
+        unary: async () => Buffer.from(instanceSubject('content', bus.instance, 'Step')),
+      },
+      {
+        method: 'Step',
+        subject: instanceSubject('content', bus.instance, 'Step'),
+        unary: async (d) => {
+          const text = Buffer.from(d).toString();
+          if (text === 'missing') throw errNotFound('blob "y"');
+          if (text === 'slow') await new Promise((r) => setTimeout(r, 1000));
+          return Buffer.from(JSON.stringify({ text, ns: currentContext().namespace }));
+        },
+      },
+      {
+        method: 'Big',
+        subject: serviceSubject('content', `Big${name}`),
+        stream: async function* (d) {
+          const n = Number(Buffer.from(d).toString());
+          for (let i = 0; i < n; i++) yield Buffer.alloc(300 * 1024, i & 0xff);
+        },
+      },
+    ],
+  });
+  await bus.nc.flush(); // the endpoints' subscriptions are registered before anyone calls
+}
+
+async function settled(): Promise<void> {
+  await monitor.flush();
+}
+
+before(async () => {
+  nats = await startNats();
+  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-direct-'));
+  server = await Bus.connect({ url: nats.url, name: 'srv', directDir: dir });
+  direct = await Bus.connect({ url: nats.url, name: 'cli', maxPayload: 64 * 1024, directDir: dir, requestTimeoutMs: 5000 });
+  plain = await Bus.connect({ url: nats.url, name: 'plain', maxPayload: 64 * 1024 });
+  await serve(server, 'A');
+  monitor = await connect({ servers: nats.url });
+  monitor.subscribe('flotilla.v1.inst.>', { callback: () => seen.inst++ });
+  monitor.subscribe('flotilla.v1.stream.>', { callback: () => seen.stream++ });
+  await monitor.flush();
+});
+
+after(async () => {
+  await monitor?.close();
+  await plain?.close();
+  await direct?.close();
+  await server?.close();
+  await nats?.stop();
+  await fs.rm(dir, { recursive: true, force: true });
+});
+
+async function readAll(bus: Bus, n: number): Promise<Uint8Array[]> {
+  const got: Uint8Array[] = [];
+  for await (const m of bus.requestStream(serviceSubject('content', 'BigA'), Buffer.from(String(n)))) got.push(m);
+  return got;
+}
+
+test('a stream continues over the direct link, whole and in order', async () => {
+  seen.stream = 0;
+  const got = await readAll(direct, 40); // 12 MB: continuations whatever the batch size
+  assert.equal(got.length, 40);
+  got.forEach((m, i) => {
+    assert.equal(m.length, 300 * 1024);
+    assert.equal(m[0], i);
+    assert.equal(m[m.length - 1], i);
+  });
+  await settled();
+  assert.equal(seen.stream, 0, 'no continuation crossed nats-server');
+});
+
+test('a caller without direct links gets the same stream over NATS', async () => {
+  seen.stream = 0;
+  // 12 MB: more than one batch even at the server's 8 MiB max_payload.
+  const got = await readAll(plain, 40);
+  assert.equal(got.length, 40);
+  assert.deepEqual(got.map((m) => m[0]), Array.from({ length: 40 }, (_, i) => i));
+  await settled();
+  assert.ok(seen.stream > 0, 'continuations went through nats-server');
+});
+
+test('session steps go direct, with context, pieces and error classes intact', async () => {
+  const subject = Buffer.from(await direct.request(serviceSubject('content', 'OpenA'), new Uint8Array(0))).toString();
+  seen.inst = 0;
+  const r = JSON.parse(Buffer.from(await direct.request(subject, [Buffer.from('he'), Buffer.from('llo')], { namespace: 'ns9' })).toString());
+  assert.deepEqual(r, { text: 'hello', ns: 'ns9' });
+  await assert.rejects(direct.request(subject, Buffer.from('missing')), (e: Error) => {
+    assert.equal(classOf(e), ErrorClass.NotFound);
+    assert.equal(e.message, 'blob "y": not found');
+    return true;
+  });
+  await settled();
+  assert.equal(seen.inst, 0, 'no step crossed nats-server');
+  // The same subject over NATS, pieces and all, for a caller without links.
+  const viaNats = JSON.parse(Buffer.from(await plain.request(subject, [Buffer.from('a'), Buffer.from('b')])).toString());
+  assert.equal(viaNats.text, 'ab');
+  await settled();
+  assert.equal(seen.inst, 1);
+});
+
+test('an unreachable link falls back to NATS', async () => {
+  const other = await Bus.connect({ url: nats.url, name: 'srvB', directDir: dir });
+  try {
+    await serve(other, 'B');
+    const subject = Buffer.from(await direct.request(serviceSubject('content', 'OpenB'), new Uint8Array(0))).toString();
+    // As if the server were on another host: its socket is not there for us.
+    const addr = other.directAddress!;
+    await fs.rm(addr.slice('unix:'.length));
+    seen.inst = 0;
+    const r = JSON.parse(Buffer.from(await direct.request(subject, Buffer.from('x'))).toString());
+    assert.equal(r.text, 'x');
+    await settled();
+    assert.equal(seen.inst, 1, 'the step went through nats-server');
+  } finally {
+    await other.close();
+  }
+});
+
+test('an instance that goes away mid-request is Unavailable', async () => {
+  const other = await Bus.connect({ url: nats.url, name: 'srvC', directDir: dir });
+  await serve(other, 'C');
+  const subject = Buffer.from(await direct.request(serviceSubject('content', 'OpenC'), new Uint8Array(0))).toString();
+  const outcome = direct.request(subject, Buffer.from('slow')).then(() => undefined, (e: Error) => e);
+  await new Promise((r) => setTimeout(r, 200));
+  await other.close();
+  const err = await outcome;
+  assert.ok(err, 'the request failed');
+  assert.equal(classOf(err), ErrorClass.Unavailable);
+});
