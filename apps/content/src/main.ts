@@ -35,7 +35,7 @@ void runApp('content', async ({ cfg, bus }) => {
   const writeStep = (next: boolean) => async (data: Uint8Array, ctx: CallContext) => {
     const step = fc.WriteStep.decode(data);
     if (step.close) {
-      await svc.writeClose(step.session);
+      await svc.writeEnd(step.session);
       return encode({ session: step.session, sessionSubject: '', response: undefined, done: true });
     }
     const req = step.request ?? api.WriteContentRequest.fromPartial({});
@@ -43,7 +43,7 @@ void runApp('content', async ({ cfg, bus }) => {
       const r = await svc.writeOpen(req, ctx);
       return encode({ session: r.session, sessionSubject: nextSubject, response: r.reply, done: r.done });
     }
-    const r = await svc.writeNext(step.session, req, ctx);
+    const r = await svc.writeNext(step.session, req, ctx, step.acceptedAt || undefined);
     return encode({ session: step.session, sessionSubject: nextSubject, response: r.reply, done: r.done });
   };
 
@@ -63,7 +63,7 @@ void runApp('content', async ({ cfg, bus }) => {
         listStatuses: (req, ctx) => svc.listStatuses(req, ctx),
         abort: (req, ctx) => svc.abort(req, ctx),
       }),
-      { method: 'Write', subject: serviceSubject('content', 'Write'), unary: writeStep(false) },
+      { method: 'Write', subject: serviceSubject('content', 'Write'), unary: writeStep(false), opensSession: true },
       { method: 'WriteNext', subject: nextSubject, unary: writeStep(true) },
     ],
   });

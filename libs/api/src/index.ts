@@ -34,3 +34,4 @@ export type { MessageType, ServiceDefinition, MethodDefinition } from './util.js
 // flotilla's own messages (proto/flotilla).
 export * as flotillaContent from './gen/flotilla/content.js';
 export * as flotillaAgent from './gen/flotilla/agent.js';
+export { preciseNow } from './clock.js';

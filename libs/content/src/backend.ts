@@ -42,7 +42,8 @@ export interface IngestWriter {
   status(): IngestStatus;
   /** The digest of the bytes written so far. */
   digest(): string;
-  write(data: Uint8Array): Promise<void>;
+  /** `at`: the write's time for updatedAt (ms since the epoch), when not now. */
+  write(data: Uint8Array, at?: number): Promise<void>;
   /** Only 0 is supported, as in containerd's local store. */
   truncate(size: number): Promise<void>;
   /**

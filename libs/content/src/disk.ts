@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { Hash } from 'node:crypto';
 import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound } from '@flotilla/errdefs';
 import type { Backend, BlobStat, IngestStatus, IngestWriter } from './backend.js';
-import { preciseNow } from './clock.js';
+import { preciseNow } from '@flotilla/api';
 import { canonicalDigester, digestError, digestOf } from './digest.js';
 
 interface IngestMeta {
@@ -74,16 +74,28 @@ class DiskIngestWriter implements IngestWriter {
     return this.fh;
   }
 
-  async write(data: Uint8Array): Promise<void> {
+  async write(data: Uint8Array, at?: number): Promise<void> {
     const fh = this.handle();
-    let done = 0;
-    while (done < data.length) {
-      const { bytesWritten } = await fh.write(data, done, data.length - done, this.offset + done);
-      done += bytesWritten;
-    }
+    // The write runs on libuv's thread pool while this thread hashes the same bytes.
+    const written = (async () => {
+      let done = 0;
+      while (done < data.length) {
+        const { bytesWritten } = await fh.write(data, done, data.length - done, this.offset + done);
+        done += bytesWritten;
+      }
+    })();
+    // A failed write leaves offset and digest where they were (a retry at the same offset
+    // overwrites whatever part landed), so the state to restore is kept.
+    const before = this.hash.copy();
     this.hash.update(data);
+    try {
+      await written;
+    } catch (err) {
+      this.hash = before;
+      throw err;
+    }
     this.offset += data.length;
-    this.meta.updatedAt = preciseNow();
+    this.meta.updatedAt = at ?? preciseNow();
   }
 
   async truncate(size: number): Promise<void> {

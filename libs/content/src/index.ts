@@ -15,4 +15,4 @@ export type { ContentStoreOptions, LeaseRecorder, LeaseResource, Info, Status, D
 export { ContentService } from './service.js';
 // go-digest's validation and the sub-millisecond wall clock stamps are made with.
 export { digestError } from './digest.js';
-export { preciseNow } from './clock.js';
+export { preciseNow } from '@flotilla/api';

@@ -22,7 +22,7 @@ import type { Hash } from 'node:crypto';
 import { Client } from 'minio';
 import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound } from '@flotilla/errdefs';
 import type { Backend, BlobStat, IngestStatus, IngestWriter } from './backend.js';
-import { preciseNow } from './clock.js';
+import { preciseNow } from '@flotilla/api';
 import { canonicalDigester, digestError, digestOf } from './digest.js';
 
 export interface S3BackendOptions {
@@ -94,7 +94,7 @@ class S3IngestWriter implements IngestWriter {
     if (this.closed) throw errFailedPrecondition('cannot use a closed writer');
   }
 
-  async write(data: Uint8Array): Promise<void> {
+  async write(data: Uint8Array, at?: number): Promise<void> {
     this.live();
     if (data.length === 0) return;
     // A copy: the caller may reuse its buffer once the call returns.
@@ -102,7 +102,7 @@ class S3IngestWriter implements IngestWriter {
     this.pendingSize += data.length;
     this.hash.update(data);
     this.offset += data.length;
-    this.meta.updatedAt = preciseNow();
+    this.meta.updatedAt = at ?? preciseNow();
     if (this.pendingSize >= this.backend.partSize) await this.flush();
   }
 

@@ -19,6 +19,8 @@ interface WriteSession {
   total: number;
   expected: string;
   timer: NodeJS.Timeout | undefined;
+  /** Steps run one at a time in arrival order: the gateway may send the next before this one answers. */
+  queue: Promise<unknown>;
 }
 
 /** A session the client stopped talking to is closed (ingest kept) after this long. */
@@ -134,23 +136,32 @@ export class ContentService {
       total: req.total,
       expected: req.expected,
       timer: undefined,
+      queue: Promise.resolve(),
     };
     this.sessions.set(s.id, s);
     const r = await this.next(s, req, ctx);
     return { session: s.id, ...r };
   }
 
-  /** A later message. An error ends the session, as it ends containerd's stream. */
-  async writeNext(session: string, req: api.WriteContentRequest, ctx: CallContext): Promise<{ reply: api.WriteContentResponse; done: boolean }> {
+  /**
+   * A later message. An error ends the session, as it ends containerd's stream.
+   * `acceptedAt`: when the gateway answered this WRITE on our behalf (pipelined), if it did.
+   */
+  async writeNext(session: string, req: api.WriteContentRequest, ctx: CallContext, acceptedAt?: number): Promise<{ reply: api.WriteContentResponse; done: boolean }> {
     const s = this.sessions.get(session);
     if (!s) throw errUnavailable('write session expired or unknown');
-    return this.next(s, req, ctx);
+    const r = s.queue.then(() => {
+      if (!this.sessions.has(session)) throw errUnavailable('write session expired or unknown');
+      return this.next(s, req, ctx, acceptedAt);
+    });
+    s.queue = r.catch(() => {});
+    return r;
   }
 
-  private async next(s: WriteSession, req: api.WriteContentRequest, ctx: CallContext): Promise<{ reply: api.WriteContentResponse; done: boolean }> {
+  private async next(s: WriteSession, req: api.WriteContentRequest, ctx: CallContext, acceptedAt?: number): Promise<{ reply: api.WriteContentResponse; done: boolean }> {
     if (s.timer) clearTimeout(s.timer);
     try {
-      const done = await this.step(s, req, ctx);
+      const done = await this.step(s, req, ctx, acceptedAt);
       const reply = api.WriteContentResponse.fromPartial(s.msg);
       if (done) await this.writeClose(s.id);
       else s.timer = setTimeout(() => void this.writeClose(s.id), SESSION_IDLE_MS).unref();
@@ -161,7 +172,18 @@ export class ContentService {
     }
   }
 
-  /** The client closed its stream (or went away): release the ref; the ingest stays. */
+  /**
+   * The client closed its stream: after the steps already received, release the ref; the
+   * ingest stays.
+   */
+  async writeEnd(session: string): Promise<void> {
+    const s = this.sessions.get(session);
+    if (!s) return;
+    await s.queue;
+    await this.writeClose(session);
+  }
+
+  /** Releases the ref now (the client went away, or the session is done); the ingest stays. */
   async writeClose(session: string): Promise<void> {
     const s = this.sessions.get(session);
     if (!s) return;
@@ -171,7 +193,7 @@ export class ContentService {
   }
 
   /** One iteration of containerd's contentserver Write loop; true when committed. */
-  private async step(s: WriteSession, req: api.WriteContentRequest, ctx: CallContext): Promise<boolean> {
+  private async step(s: WriteSession, req: api.WriteContentRequest, ctx: CallContext, acceptedAt?: number): Promise<boolean> {
     const { msg, writer } = s;
     msg.action = req.action;
     const ws = writer.status();
@@ -203,7 +225,7 @@ export class ContentService {
           msg.offset = 0;
         }
         if (req.data.length > 0) {
-          await writer.write(req.data);
+          await writer.write(req.data, acceptedAt);
           msg.offset += req.data.length;
         }
         if (req.action === api.WriteAction.COMMIT) {

@@ -16,7 +16,7 @@ import { ContainerdError, ErrorClass, errAlreadyExists, errFailedPrecondition, e
 import { parseFilters, checkMap } from '@flotilla/filters';
 import { namespaceRequired, validateLabels } from '@flotilla/identifiers';
 import type { Backend, IngestWriter } from './backend.js';
-import { preciseNow } from './clock.js';
+import { preciseNow } from '@flotilla/api';
 import { digestError } from './digest.js';
 
 export const contentMigrations = [
@@ -100,7 +100,8 @@ export interface Writer {
   readonly ref: string;
   status(): Status;
   digest(): string;
-  write(data: Uint8Array): Promise<void>;
+  /** `at`: the write's time for updatedAt (ms since the epoch), when not now. */
+  write(data: Uint8Array, at?: number): Promise<void>;
   truncate(size: number): Promise<void>;
   commit(size: number, expected: string, labels?: Record<string, string>): Promise<void>;
   close(): Promise<void>;
@@ -450,13 +451,13 @@ export class NamespacedWriter implements Writer {
     return inner;
   }
 
-  async write(data: Uint8Array): Promise<void> {
+  async write(data: Uint8Array, at?: number): Promise<void> {
     this.live();
     if (!this.inner) {
       if (data.length === 0) return;
       await this.materialise(this.desc.size);
     }
-    await this.inner!.write(data);
+    await this.inner!.write(data, at);
   }
 
   async truncate(size: number): Promise<void> {

@@ -4,9 +4,10 @@
 // the client's own protobuf bytes; only content Write is decoded, to frame it for the bus.
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID, type Hash } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import * as api from '@flotilla/api';
+import { preciseNow } from '@flotilla/api';
 import type { ServiceDefinition } from '@flotilla/api';
 import { Bus, type CallContext } from '@flotilla/bus';
 import { ContainerdError, ErrorClass, classOf, grpcCodeOf, messageOf, errUnavailable, isUnavailable } from '@flotilla/errdefs';
@@ -78,20 +79,25 @@ function toStatus(err: unknown): Partial<grpc.StatusObject> {
 
 /**
  * WriteStep{session, request: <the client's WriteContentRequest bytes>} built around the
- * client's message without decoding and re-encoding it (one copy of the data, not three).
+ * client's message without decoding and re-encoding it: the step's header, then the
+ * client's bytes (the bus sends the pieces as one message).
  */
-function rawWriteStep(session: string, req: Buffer): Buffer {
+function rawWriteStep(session: string, req: Buffer, acceptedAt?: number): Buffer[] {
   const s = Buffer.byteLength(session, 'utf8');
-  const head = Buffer.allocUnsafe((s ? 1 + varintLen(s) + s : 0) + 1 + varintLen(req.length));
+  const head = Buffer.allocUnsafe((s ? 1 + varintLen(s) + s : 0) + (acceptedAt ? 9 : 0) + 1 + varintLen(req.length));
   let p = 0;
   if (s) {
     head[p++] = 0x0a; // field 1, length-delimited
     p = putVarint(head, p, s);
     p += head.write(session, p, 'utf8');
   }
+  if (acceptedAt) {
+    head[p++] = 0x21; // field 4, 64-bit (double)
+    p = head.writeDoubleLE(acceptedAt, p);
+  }
   head[p++] = 0x12; // field 2, length-delimited
   putVarint(head, p, req.length);
-  return Buffer.concat([head, req]);
+  return [head, req];
 }
 
 function varintLen(n: number): number {
@@ -105,6 +111,11 @@ function putVarint(b: Buffer, p: number, n: number): number {
   b[p++] = n;
   return p;
 }
+
+/** Unconfirmed bytes of a pipelined content Write (see contentWrite). */
+const PIPELINE_BYTES = 8 << 20;
+
+const digestOf = (h: Hash) => 'sha256:' + h.copy().digest('hex');
 
 /** One hop of a held call (tasks Wait); the tasks service answers Continue well within it. */
 const HELD_HOP_MS = 15_000;
@@ -191,6 +202,15 @@ export class Gateway {
    * Content Write: each client message becomes one WriteStep on the bus; messages with
    * more data than one bus payload are cut into consecutive WRITE steps at increasing
    * offsets, which containerd's Write semantics make equivalent to the single message.
+   *
+   * Plain WRITE messages of a stream the gateway has seen from offset 0 are pipelined: the
+   * gateway answers the client at once (the offset it will reach, and the running digest it
+   * computes itself, exactly what the content service would answer) and sends the step on,
+   * with up to PIPELINE_BYTES unconfirmed. Everything else (STAT, COMMIT, expected digests,
+   * odd offsets, resumed ingests) first waits for the steps in flight and goes in lockstep.
+   * A pipelined step that fails fails the stream at the client's next message, as
+   * containerd's own buffered writers report errors late; nothing is committed without the
+   * content service's own answer to the COMMIT.
    */
   private contentWrite(): grpc.handleBidiStreamingCall<Buffer, Buffer> {
     const { bus } = this.opts;
@@ -206,6 +226,15 @@ export class Gateway {
       const queue: Buffer[] = [];
       let busy = false;
       let ended = false;
+      // Pipelining state: the last response the content service sent, the offset the
+      // stream reaches once every step in flight lands, and the digest of bytes 0..offset
+      // (undefined while the gateway has not seen the stream from offset 0).
+      let last: api.content.WriteContentResponse | undefined;
+      let offset = 0;
+      let hash: Hash | undefined;
+      const inflight: { bytes: number; done: Promise<void> }[] = [];
+      let inflightBytes = 0;
+      let asyncError: unknown;
       const fail = (err: unknown) => {
         if (finished) return;
         finished = true;
@@ -217,11 +246,11 @@ export class Gateway {
         if (!session) return;
         const s = session;
         session = '';
-        const step = api.flotillaContent.WriteStep.encode({ session: s, request: undefined, close: true }).finish();
+        const step = api.flotillaContent.WriteStep.encode({ session: s, request: undefined, close: true, acceptedAt: 0 }).finish();
         await bus.request(next, step, ctx).catch(() => {});
       };
-      const send = async (req: api.content.WriteContentRequest | Buffer): Promise<api.flotillaContent.WriteStepReply> => {
-        const step = Buffer.isBuffer(req) ? rawWriteStep(session, req) : api.flotillaContent.WriteStep.encode({ session, request: req, close: false }).finish();
+      const send = async (req: api.content.WriteContentRequest | Buffer, acceptedAt?: number): Promise<api.flotillaContent.WriteStepReply> => {
+        const step = Buffer.isBuffer(req) ? rawWriteStep(session, req, acceptedAt) : api.flotillaContent.WriteStep.encode({ session, request: req, close: false, acceptedAt: 0 }).finish();
         const reply = api.flotillaContent.WriteStepReply.decode(await bus.request(session ? next : api_subject('Write'), step, ctx));
         if (!session) {
           session = reply.session;
@@ -229,12 +258,50 @@ export class Gateway {
         }
         return reply;
       };
+      /** Waits for every step in flight; throws the first one's failure. */
+      const drain = async () => {
+        while (inflight.length > 0) await inflight[0]!.done;
+        if (asyncError !== undefined) throw asyncError;
+      };
       const api_subject = (m: string) => routeFor(api.content.ContentDefinition.fullName, this.opts.nodeId)!(m);
+      const pipelined = async (buf: Buffer, req: api.content.WriteContentRequest) => {
+        while (inflight.length > 0 && inflightBytes + req.data.length > PIPELINE_BYTES) await inflight[0]!.done;
+        if (asyncError !== undefined) throw asyncError;
+        if (req.offset === 0 && offset > 0) {
+          // containerd truncates on a write at offset 0.
+          offset = 0;
+          hash = createHash('sha256');
+        }
+        const entry = { bytes: req.data.length, done: Promise.resolve() };
+        // The moment the client learns the write is done: the ingest's updated_at.
+        entry.done = send(buf, preciseNow()).then(
+          (reply) => {
+            if (reply.done) asyncError ??= new ContainerdError(ErrorClass.Unknown, 'content write: session ended on a WRITE');
+          },
+          (err) => {
+            asyncError ??= err;
+          },
+        ).finally(() => {
+          inflight.splice(inflight.indexOf(entry), 1);
+          inflightBytes -= entry.bytes;
+        });
+        inflight.push(entry);
+        inflightBytes += entry.bytes;
+        hash!.update(req.data);
+        offset += req.data.length;
+        call.write(Buffer.from(api.content.WriteContentResponse.encode({ ...last!, action: WA.WRITE, offset, digest: digestOf(hash!) }).finish()));
+      };
       const handle = async (buf: Buffer) => {
         const req = api.content.WriteContentRequest.decode(buf);
         const limit = bus.chunkLimit - 4096;
+        if (hash && last && session && req.action === WA.WRITE && !req.expected && req.data.length > 0 && req.data.length <= limit && (req.offset === offset || req.offset === 0)) {
+          await pipelined(buf, req);
+          return;
+        }
+        await drain();
         let reply: api.flotillaContent.WriteStepReply;
         if (req.data.length > limit && req.action !== WA.STAT) {
+          hash = undefined; // not tracked through cut messages: lockstep from here on
           // Leading pieces as plain writes; the last piece carries the original action.
           let off = 0;
           let offset = req.offset;
@@ -249,8 +316,17 @@ export class Gateway {
         } else {
           // The client's own bytes as the step's request: no re-encoding of the data.
           reply = await send(buf);
+          if (req.action === WA.STAT && reply.response?.offset === 0) hash = createHash('sha256');
+          else if (hash && (req.action === WA.WRITE || req.action === WA.COMMIT)) {
+            if (req.offset === 0) hash = createHash('sha256');
+            hash.update(req.data);
+            // Stop pipelining if the gateway's view ever differs from the content service's.
+            if (reply.response?.digest !== digestOf(hash)) hash = undefined;
+          }
         }
-        call.write(Buffer.from(api.content.WriteContentResponse.encode(reply.response!).finish()));
+        last = reply.response!;
+        offset = last.offset;
+        call.write(Buffer.from(api.content.WriteContentResponse.encode(last).finish()));
         if (reply.done) {
           session = '';
           finished = true;
@@ -264,6 +340,8 @@ export class Gateway {
         try {
           while (queue.length > 0 && !finished) await handle(queue.shift()!);
           if (ended && !finished) {
+            // The content service closes the session after the steps still in flight (a
+            // client that closed its stream reads no more answers, as with containerd).
             finished = true;
             await closeSession();
             span.end();

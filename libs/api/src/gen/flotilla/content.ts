@@ -19,6 +19,12 @@ export interface WriteStep {
     | undefined;
   /** The client closed its stream: release the ref (the ingest stays for resumption). */
   close: boolean;
+  /**
+   * A WRITE the gateway already answered (pipelined): when it accepted it, in milliseconds
+   * since the epoch with a sub-millisecond fraction. The ingest's updated_at is this, the
+   * moment the client saw the write done, not when the step reached the store. 0: now.
+   */
+  acceptedAt: number;
 }
 
 export interface WriteStepReply {
@@ -33,7 +39,7 @@ export interface WriteStepReply {
 }
 
 function createBaseWriteStep(): WriteStep {
-  return { session: "", request: undefined, close: false };
+  return { session: "", request: undefined, close: false, acceptedAt: 0 };
 }
 
 export const WriteStep: MessageFns<WriteStep> = {
@@ -46,6 +52,9 @@ export const WriteStep: MessageFns<WriteStep> = {
     }
     if (message.close !== false) {
       writer.uint32(24).bool(message.close);
+    }
+    if (message.acceptedAt !== 0) {
+      writer.uint32(33).double(message.acceptedAt);
     }
     return writer;
   },
@@ -87,6 +96,14 @@ export const WriteStep: MessageFns<WriteStep> = {
             message.close = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.acceptedAt = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -109,6 +126,7 @@ export const WriteStep: MessageFns<WriteStep> = {
       ? WriteContentRequest.fromPartial(object.request)
       : undefined;
     message.close = object.close ?? false;
+    message.acceptedAt = object.acceptedAt ?? 0;
     return message;
   },
 };
