@@ -75,6 +75,9 @@ async function main(): Promise<void> {
     await nc?.flush();
     const sql = reference ? undefined : connectDb(side.databaseUrl!, { max: 1, appName: 'bench-roundtrips' });
     const xacts = async () => (sql ? Number((await sql`select xact_commit + xact_rollback as n from pg_stat_database where datname = current_database()`)[0]!.n) : 0);
+    // WAL flushes (each an fdatasync of the WAL: one per committed write transaction, fewer
+    // when commits group).
+    const walSyncs = async () => (sql ? Number((await sql`select wal_sync as n from pg_stat_wal`)[0]!.n) : 0);
     const groups = await side.processes();
     const pids = groups.flatMap((g) => g.pids.map((pid) => [g.name, pid] as const));
     const cpu0 = await Promise.all(pids.map(([, p]) => cpuTicks(p)));
@@ -88,12 +91,14 @@ async function main(): Promise<void> {
       logFrom = (await fs.stat(pgLog)).size;
     }
     const x0 = await xacts();
+    const w0 = await walSyncs();
     const times: number[] = [];
     const files = await Promise.all(Array.from({ length: repeat }, (_, i) => input(i)));
     for (let i = 0; i < repeat; i++) times.push(await timedCtr(side, args(i), { stdinFile: files[i] }));
     await nc?.flush();
     await new Promise((res) => setTimeout(res, 300));
     const x1 = await xacts();
+    const w1 = await walSyncs();
     const stmts = new Map<string, number>();
     if (sql && statements) {
       await sql`alter system reset log_statement`;
@@ -116,7 +121,7 @@ async function main(): Promise<void> {
 
     const out: string[] = [];
     out.push(`ctr ${args(0).join(' ')}  x${repeat}: ${times.map((t) => (t * 1000).toFixed(0)).join(' ')} ms`);
-    if (!reference) out.push(`PostgreSQL transactions per command: ${((x1 - x0 - 2) / repeat).toFixed(1)} (2 of the measured ones are this tool's own reads)`);
+    if (!reference) out.push(`PostgreSQL transactions per command: ${((x1 - x0 - 2) / repeat).toFixed(1)} (2 of the measured ones are this tool's own reads); WAL syncs: ${((w1 - w0) / repeat).toFixed(1)}`);
     if (stmts.size) {
       out.push('SQL statements per command:');
       for (const [k, n] of [...stmts].sort((a, b) => b[1] - a[1])) out.push(`  ${(n / repeat).toFixed(1).padStart(7)}  ${k}`);

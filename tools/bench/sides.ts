@@ -21,7 +21,8 @@ export interface Side {
 }
 
 export async function startFlotilla(opts: { env?: NodeJS.ProcessEnv } = {}): Promise<Side> {
-  const stack = await startStack({ nodeId: 'bench-node', env: opts.env });
+  // Durable PostgreSQL, as `npm start` runs it: containerd's bolt fsyncs every update.
+  const stack = await startStack({ nodeId: 'bench-node', env: opts.env, durable: true });
   const pgPidFile = path.join(stack.home, 'state', 'postgres', 'data', 'postmaster.pid');
   const natsDir = path.join(stack.home, 'state', 'nats');
   return {

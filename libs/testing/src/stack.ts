@@ -33,9 +33,11 @@ async function waitReady(socket: string, timeoutMs = 60_000): Promise<void> {
 
 /**
  * Starts a stack from dist/ (run `npm run build` first; npm test does). Waits until the
- * gateway answers ctr and every service is registered.
+ * gateway answers ctr and every service is registered. PostgreSQL runs without fsync
+ * unless `durable` (tests do not need to survive a power cut; the benchmark compares
+ * with containerd's bolt, which syncs each transaction, so it runs durable as `npm start`).
  */
-export async function startStack(opts: { nodeId?: string; apps?: readonly AppName[]; env?: NodeJS.ProcessEnv } = {}): Promise<Stack> {
+export async function startStack(opts: { nodeId?: string; apps?: readonly AppName[]; env?: NodeJS.ProcessEnv; durable?: boolean } = {}): Promise<Stack> {
   const home = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-test-'));
   // mkdtemp makes 0700; PostgreSQL runs as its own user and must reach its directories.
   await fs.chmod(home, 0o755);
@@ -54,7 +56,7 @@ export async function startStack(opts: { nodeId?: string; apps?: readonly AppNam
   try {
     const nats = await startNats({ dir: path.join(home, 'state', 'nats') });
     started.push(nats);
-    const pg = await startPostgres({ dataDir: path.join(home, 'state', 'postgres', 'data'), socketDir: path.join(home, 'run', 'postgres'), durable: false });
+    const pg = await startPostgres({ dataDir: path.join(home, 'state', 'postgres', 'data'), socketDir: path.join(home, 'run', 'postgres'), durable: opts.durable ?? false });
     started.push(pg);
     const env: NodeJS.ProcessEnv = {
       ...process.env,
