@@ -17,6 +17,8 @@ const execFileP = promisify(execFile);
 export async function cleanupTasks(agentStateDir: string, grpcAddress: string): Promise<number> {
   let n = 0;
   for (const ns of await fs.readdir(agentStateDir).catch(() => [] as string[])) {
+    // Dot entries are the agent's own (its FIFO pool), never a namespace.
+    if (ns.startsWith('.')) continue;
     for (const id of await fs.readdir(path.join(agentStateDir, ns)).catch(() => [] as string[])) {
       const bundle = path.join(agentStateDir, ns, id);
       const binary = (await fs.readFile(path.join(bundle, 'shim-binary-path'), 'utf8').catch(() => '')).trim() || 'containerd-shim-runc-v2';

@@ -81,14 +81,65 @@ async function prepareBundlePermissions(dir: string, spec: Uint8Array): Promise<
 }
 
 /**
- * Opens the shim's log FIFO for reading, creating it if needed. O_RDWR keeps a writer open
- * on our side, so the open never blocks and reading never sees EOF while the shim (the
- * writer) restarts; destroying the returned socket closes the fd.
+ * FIFOs made ahead of need in one directory (on the bundles' filesystem, so a rename moves
+ * one into a bundle). Node cannot mkfifo(2) itself, and spawning mkfifo for each task put
+ * a process start (~10 ms) on every task create; the pool spawns one mkfifo for a batch,
+ * in the background, and falls back to a direct mkfifo when it is empty.
  */
-export async function openShimLog(b: Bundle): Promise<net.Socket> {
+export class FifoPool {
+  private readonly ready: string[] = [];
+  private seq = 0;
+  private refilling?: Promise<void>;
+
+  constructor(private readonly dir: string, private readonly batch = 16) {}
+
+  /** Empties the directory (FIFOs of an earlier life) and makes the first batch. */
+  async start(): Promise<void> {
+    await fs.rm(this.dir, { recursive: true, force: true });
+    await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await this.refill();
+  }
+
+  /** Puts a new FIFO (mode 0700) at `dest`, which must not exist. */
+  async take(dest: string): Promise<void> {
+    const src = this.ready.shift();
+    if (this.ready.length < this.batch / 4) void this.refill();
+    if (src) {
+      try {
+        await fs.rename(src, dest);
+        return;
+      } catch {
+        // e.g. the pool directory was removed under us: make one directly.
+      }
+    }
+    await execFileP('mkfifo', ['-m', '0700', dest]);
+  }
+
+  private refill(): Promise<void> {
+    this.refilling ??= (async () => {
+      const names = Array.from({ length: this.batch - this.ready.length }, () => path.join(this.dir, `f${++this.seq}`));
+      try {
+        if (names.length) await execFileP('mkfifo', ['-m', '0700', ...names]);
+        this.ready.push(...names);
+      } catch {
+        // Best effort: take() falls back to its own mkfifo.
+      } finally {
+        this.refilling = undefined;
+      }
+    })();
+    return this.refilling;
+  }
+}
+
+/**
+ * Opens the shim's log FIFO for reading, creating it if needed (from `pool` when given).
+ * O_RDWR keeps a writer open on our side, so the open never blocks and reading never sees
+ * EOF while the shim (the writer) restarts; destroying the returned socket closes the fd.
+ */
+export async function openShimLog(b: Bundle, pool?: FifoPool): Promise<net.Socket> {
   const fifo = path.join(b.path, 'log');
   const st = await fs.lstat(fifo).catch(() => undefined);
-  if (!st) await execFileP('mkfifo', ['-m', '0700', fifo]);
+  if (!st) await (pool ? pool.take(fifo) : execFileP('mkfifo', ['-m', '0700', fifo]));
   else if (!st.isFIFO()) throw new Error(`${fifo}: not a fifo`);
   const fd = openSync(fifo, fsc.O_RDWR | fsc.O_NONBLOCK);
   const sock = new net.Socket({ fd, readable: true, writable: false });

@@ -16,7 +16,7 @@ import {
 } from '@flotilla/errdefs';
 import { validateIdentifier } from '@flotilla/identifiers';
 import { TtrpcClient, TtrpcServer } from '@flotilla/ttrpc';
-import { type Bundle, bundleAt, createBundle, deleteBundle, openShimLog } from './bundle.js';
+import { type Bundle, FifoPool, bundleAt, createBundle, deleteBundle, openShimLog } from './bundle.js';
 
 const TASK_SERVICE = 'containerd.task.v2.Task';
 const EVENTS_SERVICE = 'containerd.services.events.ttrpc.v1.Events';
@@ -123,10 +123,13 @@ export class ShimManager {
   private readonly events = new TtrpcServer();
   private readonly workRoot: string;
   private readonly log: (msg: string, fields?: Record<string, unknown>) => void;
+  /** Log FIFOs for new bundles; in the state directory so a rename moves one into a bundle. */
+  private readonly fifos: FifoPool;
 
   constructor(private readonly opts: ShimManagerOptions) {
     this.workRoot = opts.runDir ? path.join(opts.runDir, 'work') : path.join(opts.stateDir, '.work');
     this.log = opts.log ?? defaultLog;
+    this.fifos = new FifoPool(path.join(opts.stateDir, '.fifos'));
   }
 
   /** Starts the events server; shims cannot start before it listens (they dial it at start). */
@@ -135,6 +138,7 @@ export class ShimManager {
     await fs.mkdir(this.workRoot, { recursive: true, mode: 0o711 });
     await fs.mkdir(path.dirname(this.opts.eventsSocket), { recursive: true, mode: 0o711 });
     if (this.opts.logDir) await fs.mkdir(this.opts.logDir, { recursive: true });
+    await this.fifos.start();
     this.events.register(EVENTS_SERVICE, 'Forward', async (payload) => {
       const env = ttrpcEvents.ForwardRequest.decode(payload).envelope;
       if (!env) throw errInvalidArgument('forward: envelope must be set');
@@ -352,7 +356,8 @@ export class ShimManager {
       if (isNotFound(err) && !h.closing) await this.teardown(h, false);
       throw wrap(err, 'failed to delete task');
     }
-    if (!h.closing) await this.teardown(h, false);
+    // The shim's Delete ran runc delete and unmounted the rootfs: no `shim delete` needed.
+    if (!h.closing) await this.teardown(h, false, false);
     return { pid: res.pid, exitStatus: res.exitStatus, exitedAt: res.exitedAt };
   }
 
@@ -423,7 +428,7 @@ export class ShimManager {
 
   /** `<shim> -namespace .. -address .. -publish-binary .. -id .. start` in the bundle. */
   private async startShim(bundle: Bundle, binary: string, options: Any | undefined): Promise<ShimHandle> {
-    const log = await openShimLog(bundle);
+    const log = await openShimLog(bundle, this.fifos);
     try {
       const address = await this.runShim(binary, bundle, ['-id', bundle.id, 'start'], options ? Any.encode(options).finish() : undefined, START_TIMEOUT_MS)
         .then(({ code, stdout, stderr, error }) => {
@@ -480,25 +485,42 @@ export class ShimManager {
 
   /**
    * Ends a shim: Delete (when the task is still in it), Shutdown, close the connection, then
-   * `shim delete` and bundle removal (containerd's shimTask.delete + cleanupAfterDeadShim).
+   * bundle removal. With `shimDelete`, or when Shutdown failed, `shim delete` runs first
+   * (containerd's cleanupAfterDeadShim). Without it this is containerd 1.6's shimTask.delete
+   * after a successful task Delete: the shim has run `runc delete` and unmounted the rootfs,
+   * so spawning the shim binary again would only repeat that.
    */
-  private async teardown(h: ShimHandle, deleteTask: boolean): Promise<sapi.DeleteResponse | undefined> {
+  private async teardown(h: ShimHandle, deleteTask: boolean, shimDelete = true): Promise<sapi.DeleteResponse | undefined> {
     h.closing = true;
     const { namespace, id } = h.bundle;
     if (deleteTask) {
       await this.call(h, 'Delete', sapi.DeleteRequest, sapi.DeleteResponse, { id, execId: '' }).catch(() => {});
     }
+    let shutDown = true;
     try {
       await this.call(h, 'Shutdown', sapi.ShutdownRequest, Empty, { id, now: false }, SHUTDOWN_TIMEOUT_MS);
     } catch (err) {
       // The shim exits while answering Shutdown: a closed connection is the expected end.
-      if (!isUnavailable(err)) this.log('failed to shutdown shim task', { namespace, id, error: messageOf(err) });
+      if (!isUnavailable(err)) {
+        shutDown = false;
+        this.log('failed to shutdown shim task', { namespace, id, error: messageOf(err) });
+      }
     }
     h.client.close();
     if (this.shims.get(key(namespace, id)) === h) this.shims.delete(key(namespace, id));
-    const res = await this.cleanupShim(h.bundle, h.binary);
+    let res: sapi.DeleteResponse | undefined;
+    if (shimDelete || !shutDown) res = await this.cleanupShim(h.bundle, h.binary);
+    else await this.removeBundle(h.bundle);
     h.log?.destroy();
     return res;
+  }
+
+  /** Bundle removal (unmounting what is left) and the shim's socket if it left it behind; never throws. */
+  private async removeBundle(bundle: Bundle, address?: string): Promise<void> {
+    const { namespace, id } = bundle;
+    address ??= (await fs.readFile(path.join(bundle.path, 'address'), 'utf8').catch(() => '')).trim();
+    await deleteBundle(bundle.path).catch((err) => this.log('failed to delete bundle', { namespace, id, error: messageOf(err) }));
+    await removeDeadSocket(address);
   }
 
   /** `shim delete` (runc delete --force, unmount rootfs) and bundle removal; never throws. */
@@ -520,8 +542,7 @@ export class ShimManager {
         }
       }
     }
-    await deleteBundle(bundle.path).catch((err) => this.log('failed to delete bundle', { namespace, id, error: messageOf(err) }));
-    await removeDeadSocket(address);
+    await this.removeBundle(bundle, address);
     return res;
   }
 

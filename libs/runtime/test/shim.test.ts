@@ -243,6 +243,50 @@ test('exec adds a process to a running task', async () => {
   await mgr.deleteTask(NS, id);
 });
 
+test('a task delete ends the shim as containerd 1.6 does: the shim binary runs once (start), never `delete`', async () => {
+  // A wrapper recording each invocation of the shim binary, given as the runtime path.
+  const wrapper = path.join(root, 'shim-wrapper');
+  const calls = path.join(root, 'shim-calls');
+  await fs.writeFile(wrapper, `#!/bin/sh\necho "$*" >> ${calls}\nexec ${SHIM} "$@"\n`, { mode: 0o755 });
+  const id = 'once';
+  const { pid } = await mgr.createTask({ namespace: NS, id, runtime: wrapper, bundleSpec: spec(id, ['/bin/sh', '-c', 'exit 0']), rootfs: rootfs(), stdin: '', stdout: '', stderr: '', terminal: false });
+  const bundle = mgr.bundlePath(NS, id);
+  const address = await fs.readFile(path.join(bundle, 'address'), 'utf8');
+  const shimPid = shimProcesses().find((p) => readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0').includes(id));
+  assert.ok(shimPid);
+  await mgr.startTask(NS, id);
+  assert.equal((await mgr.wait(NS, id)).exitStatus, 0);
+  const del = await mgr.deleteTask(NS, id);
+  assert.equal(del.pid, pid);
+  assert.equal(del.exitStatus, 0);
+  const lines = (await fs.readFile(calls, 'utf8')).trim().split('\n');
+  assert.deepEqual(lines.map((l) => l.split(' ').pop()), ['start']);
+  // Without `shim delete`, everything is still gone: bundle, work dir, socket, mounts, shim.
+  await assert.rejects(fs.lstat(bundle), { code: 'ENOENT' });
+  await assert.rejects(fs.lstat(path.join(opts.runDir!, 'work', NS, id)), { code: 'ENOENT' });
+  await assert.rejects(fs.lstat(address.slice('unix://'.length)), { code: 'ENOENT' });
+  assert.deepEqual(await mountsUnder(bundle), []);
+  await until('shim exit', () => !alive(shimPid!));
+  const runcRoot = path.join('/run/containerd/runc', NS);
+  assert.ok(!execFileSync('runc', ['--root', runcRoot, 'list', '-q']).toString().split('\n').includes(id), 'runc has no container left');
+});
+
+test('log FIFOs come from the pool and stay FIFOs after many creates', async () => {
+  const pooled = (await fs.readdir(path.join(opts.stateDir, '.fifos'))).length;
+  assert.ok(pooled > 0, 'FIFOs are made ahead');
+  // More creates than one pool batch, so the pool is refilled meanwhile.
+  for (let i = 0; i < 20; i++) {
+    const id = `fifo-${i}`;
+    await mgr.createTask({ namespace: NS, id, bundleSpec: spec(id, ['/bin/sh', '-c', 'exit 0']), rootfs: rootfs(), stdin: '', stdout: '', stderr: '', terminal: false });
+    const st = await fs.lstat(path.join(mgr.bundlePath(NS, id), 'log'));
+    assert.ok(st.isFIFO());
+    assert.equal(st.mode & 0o777, 0o700);
+    await mgr.deleteTask(NS, id);
+  }
+  // The shims wrote their logs through the pooled FIFOs.
+  assert.ok(logLines.some((l) => l.startsWith('shim ') && l.includes('"id":"fifo-19"')), logLines.join('\n'));
+});
+
 test('a failing create reports the OCI error and leaves no shim, bundle or mount', async () => {
   const id = 'broken';
   const before = shimProcesses().length;
