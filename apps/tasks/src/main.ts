@@ -7,6 +7,7 @@ void runApp('tasks', async ({ cfg, bus, log }) => {
   const sql = connectDb(cfg.databaseUrl, { appName: 'flotilla-tasks' });
   await migrate(sql, 'tasks', tasksMigrations);
   const router = new TasksRouter(bus, sql);
+  router.start();
   await bus.addService({
     name: 'flotilla-tasks',
     version: FLOTILLA_VERSION,
@@ -19,6 +20,7 @@ void runApp('tasks', async ({ cfg, bus, log }) => {
   monitor.start();
   return async () => {
     await monitor.stop();
+    router.stop();
     await sql.end({ timeout: 5 });
   };
 });

@@ -1,8 +1,8 @@
 // The cluster tasks service. It keeps which node runs each task (tasks_placements) and
 // relays every task call to that node's agent. Create reads the container from the
 // metadata service and places the task on the node whose gateway received the call.
-import { containers as capi, flotillaAgent, tasks as tapi, type MessageType } from '@flotilla/api';
-import { type Bus, type CallContext, CONTINUE, type EndpointSpec, nodeSubject, rpcClient, serviceSubject } from '@flotilla/bus';
+import { containers as capi, events as ev, evTask, flotillaAgent, tasks as tapi, type MessageType } from '@flotilla/api';
+import { type Bus, type CallContext, CONTINUE, type EndpointSpec, eventSubject, nodeSubject, rpcClient, serviceSubject } from '@flotilla/bus';
 import { type Sql, sqlState, UNIQUE_VIOLATION } from '@flotilla/db';
 import { ErrorClass, classOf, errAlreadyExists, errFailedPrecondition, errInvalidArgument, isNotFound, isUnavailable, withClass } from '@flotilla/errdefs';
 import { namespaceRequired } from '@flotilla/identifiers';
@@ -28,14 +28,47 @@ type Relay = (req: Uint8Array, ctx: CallContext) => Promise<Uint8Array | typeof 
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Placements remembered per process; beyond this many, the oldest are forgotten. */
+const MAX_REMEMBERED = 50_000;
+
 export class TasksRouter {
   private readonly containers;
+  /**
+   * Placements this replica has read or written, `<ns>\0<id>` -> node. A placement never
+   * changes while its task exists; it changes only when the task is deleted (or gone) and
+   * created again, possibly through another replica and on another node. So a remembered
+   * node is trusted until that node answers NotFound for the task: then the table is read
+   * again and the call retried only if the placement moved (see onNode). Entries go on our
+   * own Delete and on every /tasks/delete event, which keeps the map to live tasks.
+   */
+  private readonly placements = new Map<string, string>();
+  private deletes?: { unsubscribe(): void };
 
   constructor(private readonly bus: Bus, private readonly sql: Sql) {
     this.containers = rpcClient(bus, capi.ContainersDefinition, (m) => serviceSubject('containers', m));
   }
 
-  /** The node running the container's task; NotFound for the container first, then for its task, as containerd. */
+  /** Drops remembered placements of deleted tasks (/tasks/delete, whichever process deleted them). */
+  start(): void {
+    this.deletes ??= this.bus.subscribe(eventSubject('/tasks/delete'), (data) => {
+      try {
+        const env = ev.Envelope.decode(data);
+        if (env.event) this.placements.delete(placementKey(env.namespace, evTask.TaskDelete.decode(env.event.value).containerId));
+      } catch {
+        // Not an envelope we can read: nothing to drop.
+      }
+    });
+  }
+
+  stop(): void {
+    this.deletes?.unsubscribe();
+    this.deletes = undefined;
+  }
+
+  /**
+   * The node running the container's task, read from the table (never remembered); NotFound
+   * for the container first, then for its task, as containerd.
+   */
   async nodeOf(ns: string, id: string): Promise<string> {
     const rows = await this.sql`SELECT node FROM tasks_placements WHERE namespace = ${ns} AND container_id = ${id}`;
     if (rows.length === 0) {
@@ -43,6 +76,43 @@ export class TasksRouter {
       throw withClass(ErrorClass.NotFound, `task ${id} not found`);
     }
     return rows[0]!.node;
+  }
+
+  private remember(ns: string, id: string, node: string): void {
+    const k = placementKey(ns, id);
+    this.placements.delete(k);
+    if (this.placements.size >= MAX_REMEMBERED) this.placements.delete(this.placements.keys().next().value!);
+    this.placements.set(k, node);
+  }
+
+  /**
+   * Calls `call` with the task's node. With a remembered node, a NotFound answer may only
+   * mean the task was deleted and placed again elsewhere: the table is read again and the
+   * call repeated on the new node if it moved; otherwise that node's answer stands.
+   */
+  private async onNode<T>(ns: string, id: string, call: (node: string) => Promise<T>): Promise<T> {
+    const known = this.placements.get(placementKey(ns, id));
+    if (known === undefined) {
+      const node = await this.nodeOf(ns, id);
+      this.remember(ns, id, node);
+      return call(node);
+    }
+    try {
+      return await call(known);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      this.placements.delete(placementKey(ns, id));
+      let node: string;
+      try {
+        node = await this.nodeOf(ns, id);
+      } catch (e) {
+        if (isNotFound(e)) throw err;
+        throw e;
+      }
+      this.remember(ns, id, node);
+      if (node === known) throw err;
+      return call(node);
+    }
   }
 
   async create(raw: Uint8Array, ctx: CallContext): Promise<Uint8Array> {
@@ -53,6 +123,7 @@ export class TasksRouter {
     const node = ctx.node;
     if (!node) throw errFailedPrecondition('no node to run the task on: the call did not come through a gateway');
     await this.place(ns, req.containerId, node, ctx);
+    this.remember(ns, req.containerId, node);
     try {
       const msg = flotillaAgent.CreateRequest.encode({
         request: req,
@@ -63,7 +134,7 @@ export class TasksRouter {
       return await this.bus.request(nodeSubject(node, 'agent', 'Create'), msg, ctx);
     } catch (err) {
       // An AlreadyExists from the agent means a task it still runs: the placement stands.
-      if (classOf(err) !== ErrorClass.AlreadyExists) await this.forget(ns, req.containerId);
+      if (classOf(err) !== ErrorClass.AlreadyExists) await this.forget(ns, req.containerId, node);
       throw err;
     }
   }
@@ -96,8 +167,7 @@ export class TasksRouter {
   relay(method: string, idOf: (raw: Uint8Array) => string): Relay {
     return async (raw, ctx) => {
       const ns = namespaceRequired(ctx);
-      const node = await this.nodeOf(ns, idOf(raw));
-      return this.bus.forward(nodeSubject(node, 'agent', method), raw, ctx);
+      return this.onNode(ns, idOf(raw), (node) => this.bus.forward(nodeSubject(node, 'agent', method), raw, ctx));
     };
   }
 
@@ -105,13 +175,13 @@ export class TasksRouter {
   async delete(raw: Uint8Array, ctx: CallContext): Promise<Uint8Array> {
     const ns = namespaceRequired(ctx);
     const id = tapi.DeleteTaskRequest.decode(raw).containerId;
-    const node = await this.nodeOf(ns, id);
+    let node: string | undefined;
     try {
-      const out = await this.bus.request(nodeSubject(node, 'agent', 'Delete'), raw, ctx);
-      await this.forget(ns, id);
+      const out = await this.onNode(ns, id, (n) => this.bus.request(nodeSubject((node = n), 'agent', 'Delete'), raw, ctx));
+      await this.forget(ns, id, node!);
       return out;
     } catch (err) {
-      if (isNotFound(err)) await this.forget(ns, id);
+      if (isNotFound(err) && node !== undefined) await this.forget(ns, id, node);
       throw err;
     }
   }
@@ -123,10 +193,9 @@ export class TasksRouter {
    */
   async wait(raw: Uint8Array, ctx: CallContext): Promise<Uint8Array | typeof CONTINUE> {
     const ns = namespaceRequired(ctx);
-    const node = await this.nodeOf(ns, tapi.WaitRequest.decode(raw).containerId);
     const hop: CallContext = { ...ctx, deadline: Math.min(ctx.deadline ?? Infinity, Date.now() + WAIT_HOP_MS) };
     try {
-      return await this.bus.forward(nodeSubject(node, 'agent', 'Wait'), raw, hop);
+      return await this.onNode(ns, tapi.WaitRequest.decode(raw).containerId, (node) => this.bus.forward(nodeSubject(node, 'agent', 'Wait'), raw, hop));
     } catch (err) {
       const transient = isUnavailable(err) || classOf(err) === ErrorClass.DeadlineExceeded;
       if (!transient || (ctx.deadline !== undefined && Date.now() + RETRY_PAUSE_MS >= ctx.deadline)) throw err;
@@ -135,9 +204,10 @@ export class TasksRouter {
     }
   }
 
-  /** The task is gone from its node: forget where it was. */
-  async forget(ns: string, id: string): Promise<void> {
-    await this.sql`DELETE FROM tasks_placements WHERE namespace = ${ns} AND container_id = ${id}`;
+  /** The task is gone from `node`: forget that it was there (a placement on another node stays). */
+  async forget(ns: string, id: string, node: string): Promise<void> {
+    this.placements.delete(placementKey(ns, id));
+    await this.sql`DELETE FROM tasks_placements WHERE namespace = ${ns} AND container_id = ${id} AND node = ${node}`;
   }
 
   private async nodesOf(ns: string): Promise<string[]> {
@@ -195,4 +265,8 @@ export class TasksRouter {
     }
     return endpoints;
   }
+}
+
+function placementKey(ns: string, id: string): string {
+  return `${ns}\0${id}`;
 }
