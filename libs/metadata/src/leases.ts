@@ -54,10 +54,9 @@ export class LeaseStore {
     // Empty label values are not stored (containerd's writeMap drops them).
     const kept = Object.fromEntries(Object.entries(labels ?? {}).filter(([, v]) => v !== ''));
     try {
-      const [r] = await this.sql.begin(async (tx) => {
-        await tx`INSERT INTO metadata_namespaces (name) VALUES (${ns}) ON CONFLICT DO NOTHING`;
-        return tx`INSERT INTO metadata_leases (namespace, id, labels) VALUES (${ns}, ${id}, ${tx.json(kept)}) RETURNING *`;
-      });
+      // One statement (atomic: a refused lease creates no namespace), one round trip.
+      const [r] = await this.sql`WITH ns AS (INSERT INTO metadata_namespaces (name) VALUES (${ns}) ON CONFLICT DO NOTHING)
+        INSERT INTO metadata_leases (namespace, id, labels) VALUES (${ns}, ${id}, ${this.sql.json(kept)}) RETURNING *`;
       return rowToLease(r);
     } catch (err) {
       if (sqlState(err) === UNIQUE_VIOLATION) throw errAlreadyExists(`lease ${JSON.stringify(id)}`);
@@ -67,12 +66,12 @@ export class LeaseStore {
 
   async delete(ctx: CallContext, id: string, sync = false): Promise<void> {
     const ns = namespaceRequired(ctx);
-    const released = await this.sql.begin(async (tx) => {
-      const res = await tx`SELECT type, id FROM metadata_lease_resources WHERE namespace = ${ns} AND lease = ${id}`;
-      const rows = await tx`DELETE FROM metadata_leases WHERE namespace = ${ns} AND id = ${id} RETURNING id`;
-      if (rows.length === 0) throw errNotFound(`lease ${JSON.stringify(id)}`);
-      return res.map((r) => ({ namespace: ns, type: r.type as string, id: r.id as string }));
-    });
+    // One statement: the lease row goes (its resources by cascade) and the resources it held
+    // come back, read from the statement's snapshot, i.e. as they were before the delete.
+    const rows = await this.sql`WITH del AS (DELETE FROM metadata_leases WHERE namespace = ${ns} AND id = ${id} RETURNING id)
+      SELECT r.type, r.id FROM del LEFT JOIN metadata_lease_resources r ON r.namespace = ${ns} AND r.lease = del.id`;
+    if (rows.length === 0) throw errNotFound(`lease ${JSON.stringify(id)}`);
+    const released = rows.filter((r) => r.type !== null).map((r) => ({ namespace: ns, type: r.type as string, id: r.id as string }));
     await this.hooks.onDeleted?.(released, sync);
   }
 

@@ -66,3 +66,20 @@ test('the collector removes expired leases and nothing a live lease holds', asyn
   assert.deepEqual((await leases.list(ctx)).map((l) => l.id), ['bad', 'new']);
   assert.deepEqual(removed, []); // no content or snapshot tables here: nothing to sweep
 });
+
+test('create makes the namespace on first write; deleting a lease without resources releases nothing', async (t) => {
+  const ns = testNamespace(t.name);
+  const ctx = { namespace: ns };
+  assert.equal((await sql`SELECT 1 FROM metadata_namespaces WHERE name = ${ns}`).length, 0);
+  const l = await leases.create(ctx, 'empty', { a: '1', gone: '' });
+  assert.deepEqual(l.labels, { a: '1' });
+  assert.ok(l.createdAt && l.createdAt.seconds > 0);
+  assert.equal((await sql`SELECT 1 FROM metadata_namespaces WHERE name = ${ns}`).length, 1);
+  const before = deleted.length;
+  await leases.delete(ctx, 'empty');
+  assert.equal(deleted.length, before + 1);
+  assert.deepEqual(deleted.at(-1), { released: [], sync: false });
+  assert.deepEqual(await leases.list(ctx), []);
+  await assert.rejects(leases.delete(ctx, 'empty'), cls(ErrorClass.NotFound, /^lease "empty": not found$/));
+  assert.equal(deleted.length, before + 1);
+});
