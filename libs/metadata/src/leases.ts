@@ -7,7 +7,7 @@ import { type Sql, sqlState, UNIQUE_VIOLATION } from '@flotilla/db';
 import { errAlreadyExists, errInvalidArgument, errNotFound, errNotImplemented } from '@flotilla/errdefs';
 import { checkMap, parseFilters } from '@flotilla/filters';
 import { namespaceRequired } from '@flotilla/identifiers';
-import { withGcReadLock } from './gclock.js';
+import { GC_LOCK_NAME } from './gclock.js';
 
 /** A resource released by a deletion (the collector may remove it without a grace period). */
 export interface ReleasedResource {
@@ -92,12 +92,24 @@ export class LeaseStore {
 
   async addResource(ctx: CallContext, lease: string, res: lapi.Resource): Promise<void> {
     const ns = namespaceRequired(ctx);
-    await withGcReadLock(this.sql, async (tx) => {
-      const have = await tx`SELECT 1 FROM metadata_leases WHERE namespace = ${ns} AND id = ${lease} FOR SHARE`;
-      if (have.length === 0) throw errNotFound(`lease ${JSON.stringify(lease)}`);
+    let invalid: unknown;
+    try {
       checkResource(res);
-      await tx`INSERT INTO metadata_lease_resources (namespace, lease, type, id) VALUES (${ns}, ${lease}, ${res.type}, ${res.id}) ON CONFLICT DO NOTHING`;
-    });
+    } catch (err) {
+      invalid = err;
+    }
+    // Under the collection lock (gclock.ts), the three statements pipelined: the insert adds
+    // nothing when the lease is missing, so nothing waits for the check's answer.
+    const [, have] = await this.sql.begin((tx) => [
+      tx`SELECT pg_advisory_xact_lock_shared(hashtext(${GC_LOCK_NAME}))`,
+      tx`SELECT 1 FROM metadata_leases WHERE namespace = ${ns} AND id = ${lease} FOR SHARE`,
+      ...(invalid ? [] : [tx`INSERT INTO metadata_lease_resources (namespace, lease, type, id)
+        SELECT namespace, id, ${res.type}, ${res.id} FROM metadata_leases WHERE namespace = ${ns} AND id = ${lease}
+        ON CONFLICT DO NOTHING`]),
+    ]);
+    // containerd checks the lease first, then the resource.
+    if (have!.length === 0) throw errNotFound(`lease ${JSON.stringify(lease)}`);
+    if (invalid) throw invalid;
   }
 
   async deleteResource(ctx: CallContext, lease: string, res: lapi.Resource): Promise<void> {

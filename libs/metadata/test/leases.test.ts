@@ -37,6 +37,8 @@ test('resources: containerd types, errors and listing order', async (t) => {
   await assert.rejects(leases.addResource(ctx, 'l', { type: 'snapshots', id: 'k' }), cls(ErrorClass.InvalidArgument, /^invalid snapshot resource type snapshots/));
   await assert.rejects(leases.addResource(ctx, 'l', { type: 'containers', id: 'c' }), cls(ErrorClass.NotImplemented, /^resource type containers not supported yet/));
   await assert.rejects(leases.addResource(ctx, 'nope', { type: 'content', id: D }), cls(ErrorClass.NotFound, /^lease "nope": not found$/));
+  // The lease is checked before the resource, as containerd does.
+  await assert.rejects(leases.addResource(ctx, 'nope', { type: 'containers', id: 'c' }), cls(ErrorClass.NotFound, /^lease "nope": not found$/));
   assert.deepEqual(await leases.listResources(ctx, 'l'), [
     { type: 'content', id: D }, { type: 'ingests', id: 'ref1' }, { type: 'snapshots/overlayfs', id: 'k1' },
   ]);
