@@ -519,8 +519,10 @@ export class ShimManager {
   private async removeBundle(bundle: Bundle, address?: string): Promise<void> {
     const { namespace, id } = bundle;
     address ??= (await fs.readFile(path.join(bundle.path, 'address'), 'utf8').catch(() => '')).trim();
-    await deleteBundle(bundle.path).catch((err) => this.log('failed to delete bundle', { namespace, id, error: messageOf(err) }));
-    await removeDeadSocket(address);
+    await Promise.all([
+      deleteBundle(bundle.path).catch((err) => this.log('failed to delete bundle', { namespace, id, error: messageOf(err) })),
+      removeDeadSocket(address),
+    ]);
   }
 
   /** `shim delete` (runc delete --force, unmount rootfs) and bundle removal; never throws. */
