@@ -8,6 +8,8 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { connect } from 'nats';
+import { content as capi } from '@flotilla/api';
 import { startReferenceContainerd, startStack, testNamespace, type Reference, type Stack } from '@flotilla/testing';
 import { describeTree, layerTar, ociArchive } from './snapshots-support.js';
 
@@ -58,4 +60,39 @@ test('tar, tar+gzip and tar+zstd layers unpack to the tree Debian containerd unp
   assert.equal(tree.plain, undefined);
   assert.equal(tree['zst/c']?.uid, 12);
   assert.ok(tree['gz/b'] && tree.shared);
+});
+
+test('with the local content backend, Apply reads layer blobs from the content store\'s files, not over the bus', { timeout: 5 * 60_000 }, async (t) => {
+  const ns = testNamespace(t.name);
+  const layers = [
+    await layerTar([{ name: 'one/', type: 'directory' }, { name: 'one/a', content: Buffer.alloc(100_000, 1) }]),
+    await layerTar([{ name: 'two/', type: 'directory' }, { name: 'two/b', content: Buffer.alloc(100_000, 2) }]),
+  ];
+  const image = await ociArchive(dir, 'flotilla.test/local-read:v1', layers);
+  const nc = await connect({ servers: stack.env.NATS_URL! });
+  const read: string[] = [];
+  const sub = nc.subscribe('flotilla.v1.svc.content.Read', { callback: (_e, m) => read.push(capi.ReadContentRequest.decode(m.data).digest) });
+  await nc.flush();
+  try {
+    const imp = await stack.ctr(['images', 'import', image.archivePath], { namespace: ns, timeoutMs: 120_000 });
+    assert.equal(imp.code, 0, imp.stderr);
+    await nc.flush();
+  } finally {
+    sub.unsubscribe();
+    await nc.close();
+  }
+  assert.ok(read.length > 0, 'ctr reads the manifest and config over the bus');
+  for (const d of image.layerDigests) assert.ok(!read.includes(d), `layer ${d} read over the bus`);
+  // The unpack happened: the chain's committed snapshot exists with the layers' files.
+  const p = await stack.ctr(['snapshots', 'prepare', 'probe', image.chainId], { namespace: ns });
+  assert.equal(p.code, 0, p.stderr);
+  const target = await fs.mkdtemp(path.join(dir, 'mnt-'));
+  const m = await stack.ctr(['snapshots', 'mounts', target, 'probe'], { namespace: ns });
+  await execFileP('sh', ['-c', m.stdout.trim()]);
+  try {
+    assert.deepEqual(await fs.readFile(path.join(target, 'two/b')), Buffer.alloc(100_000, 2));
+    assert.deepEqual(await fs.readFile(path.join(target, 'one/a')), Buffer.alloc(100_000, 1));
+  } finally {
+    await execFileP('umount', [target]);
+  }
 });

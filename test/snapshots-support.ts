@@ -68,6 +68,8 @@ export interface OciArchive {
   diffIds: string[];
   /** identity.ChainID of the layers: the committed snapshot an unpack ends with. */
   chainId: string;
+  /** The layer blobs' digests, in order. */
+  layerDigests: string[];
 }
 
 /** containerd's identity.ChainID. */
@@ -119,7 +121,7 @@ export async function ociArchive(
   const archivePath = `${layout}.tar`;
   await execFileP('tar', ['-C', layout, '--owner=0', '--group=0', '--numeric-owner', '-cf', archivePath, 'oci-layout', 'index.json', 'blobs']);
   await fs.rm(layout, { recursive: true, force: true });
-  return { archivePath, name, diffIds, chainId: chainId(diffIds) };
+  return { archivePath, name, diffIds, chainId: chainId(diffIds), layerDigests: layerDescs.map((l) => l.digest) };
 }
 
 /** One path of a tree as the tests compare it (times left out: they legitimately differ). */

@@ -4,6 +4,7 @@ import { content as capi, diff as dapi, leases as lapi, snapshots as sapi } from
 import { runApp, FLOTILLA_VERSION } from '@flotilla/app';
 import { endpointsFor, nodeSubject, rpcClient, serviceSubject } from '@flotilla/bus';
 import { appStateDir } from '@flotilla/config';
+import { DiskBackend } from '@flotilla/content';
 import { connectDb, migrate } from '@flotilla/db';
 import { publishEvent } from '@flotilla/events';
 import { DiffService, SNAPSHOTTERS, SnapshotService, Snapshotter, snapshotMigrations } from '@flotilla/snapshots';
@@ -30,7 +31,16 @@ void runApp('snapshotter', async ({ cfg, bus }) => {
     },
   });
   const content = rpcClient(bus, capi.ContentDefinition, (m) => serviceSubject('content', m));
-  const diff = new DiffService({ content, ingest: { bus, writeSubject: serviceSubject('content', 'Write') }, maxUncompressedBytes: cfg.maxLayerBytes });
+  // With the local backend on this host, Apply reads layer blobs from content's own files
+  // (the content app's state dir under the same FLOTILLA_HOME); when they are not there,
+  // or not the blob, it reads over the bus.
+  const blobs = cfg.content.backend === 'local' ? new DiskBackend(appStateDir(cfg, 'content')) : undefined;
+  const diff = new DiffService({
+    content,
+    ingest: { bus, writeSubject: serviceSubject('content', 'Write') },
+    maxUncompressedBytes: cfg.maxLayerBytes,
+    localBlobPath: blobs && ((d) => blobs.blobPath(d)),
+  });
 
   await bus.addService({
     name: 'flotilla-snapshotter',

@@ -11,6 +11,9 @@ export type { Usage } from './usage.js';
 // Applying a layer onto a snapshot's mounts (containerd's walking differ Apply).
 export { applyDiff, compareMounts } from './diff.js';
 export type { ApplyDiffOptions } from './diff.js';
+// A layer blob as a stream: the content store's file when shared and verified, else a content Read.
+export { layerSource } from './blob.js';
+export type { LayerContent, LayerSourceOptions } from './blob.js';
 // mount(8)-backed helpers for containerd mount lists.
 export { mountAll, unmount, withTempMount } from './mount.js';
 // The gRPC/NATS-facing services (request/response types from @flotilla/api).

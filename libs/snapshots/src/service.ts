@@ -1,13 +1,13 @@
 // containerd's Snapshots and Diff APIs for one node, over the overlayfs and native
 // snapshotters. The request's snapshotter name picks the snapshotter, as in containerd.
 import { randomBytes } from 'node:crypto';
-import { Readable } from 'node:stream';
 import { content as capi, diff as dapi, evSnapshot, snapshots as sapi, type Mount } from '@flotilla/api';
 import { isLayerMediaType } from '@flotilla/archive';
 import type { CallContext, Client } from '@flotilla/bus';
 import { ErrorClass, classOf, errInvalidArgument, errNotImplemented, messageOf, withClass } from '@flotilla/errdefs';
 import { checkMap, parseFilters } from '@flotilla/filters';
 import { namespaceRequired } from '@flotilla/identifiers';
+import { layerSource } from './blob.js';
 import { applyDiff, compareMounts } from './diff.js';
 import { openIngest, type RequestBus } from './ingest.js';
 import type { Info, Mount as SnapshotMount, SnapshotKind, Snapshotter } from './snapshotter.js';
@@ -214,15 +214,22 @@ export interface DiffServiceOptions {
   ingest?: { bus: RequestBus; writeSubject: string };
   /** Apply refuses a layer decompressing past this many bytes (applyLayer's default otherwise). */
   maxUncompressedBytes?: number;
+  /**
+   * Where the content store keeps a blob on this host's disk, when it may share it (the
+   * local backend): Apply then reads the file itself (see blob.ts for when it does).
+   */
+  localBlobPath?: (digest: string) => string;
 }
 
 export class DiffService {
   private readonly content: Client<typeof capi.ContentDefinition>;
   private readonly ingest?: { bus: RequestBus; writeSubject: string };
   private readonly maxUncompressedBytes?: number;
+  private readonly localBlobPath?: (digest: string) => string;
 
   constructor(opts: DiffServiceOptions) {
     this.content = opts.content;
+    this.localBlobPath = opts.localBlobPath;
     this.ingest = opts.ingest;
     this.maxUncompressedBytes = opts.maxUncompressedBytes;
   }
@@ -232,10 +239,7 @@ export class DiffService {
     const desc = req.diff;
     if (!desc) throw errInvalidArgument('diff descriptor must be set');
     if (!isLayerMediaType(desc.mediaType)) throw errNotImplemented(`failed to get stream processor for ${desc.mediaType}: no processor for media-type`);
-    const content = this.content;
-    const blob = Readable.from((async function* () {
-      for await (const r of content.read({ digest: desc.digest, offset: 0, size: 0 }, ctx)) yield r.data;
-    })());
+    const blob = layerSource(this.content, desc.digest, ctx, { localBlobPath: this.localBlobPath });
     const res = await applyDiff(req.mounts as SnapshotMount[], blob, desc.mediaType, { maxUncompressedBytes: this.maxUncompressedBytes });
     return { applied: { mediaType: MEDIA_TAR, digest: res.diffID, size: res.size, annotations: {} } };
   }

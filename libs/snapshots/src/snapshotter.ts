@@ -98,6 +98,8 @@ interface Row {
   /** Epoch microseconds, as text (bigint). */
   created_us: string;
   updated_us: string;
+  /** Ids of the ancestors, nearest first (only when asked for: `withChain`). */
+  parent_ids?: string[];
 }
 
 function timestampOf(us: string): Timestamp {
@@ -128,6 +130,18 @@ const backendKey = (ns: string, r: { id: string; key: string }) => `${ns}/${r.id
 /** The columns of a Row, from snapshots_snapshots `s` joined to its parent `p`. */
 const columns = (sql: Sql) => sql.unsafe(`s.id, s.key, p.key AS parent, s.parent_id, s.kind, s.labels, s.size, s.inodes, s.created_at, s.updated_at,
   (extract(epoch FROM s.created_at) * 1000000)::bigint::text AS created_us, (extract(epoch FROM s.updated_at) * 1000000)::bigint::text AS updated_us`);
+
+/**
+ * The ids of row `s`'s ancestors, nearest first, as column `parent_ids`: the parent chain
+ * read in the same statement as the row, so looking a snapshot up for its mounts is one
+ * query, not two.
+ */
+const chainColumn = (sql: Sql) => sql.unsafe(`ARRAY(
+  WITH RECURSIVE chain AS (
+    SELECT a.id, a.parent_id, 1 AS depth FROM snapshots_snapshots a WHERE a.id = s.parent_id
+    UNION ALL
+    SELECT b.id, b.parent_id, c.depth + 1 FROM snapshots_snapshots b JOIN chain c ON b.id = c.parent_id)
+  SELECT id::text FROM chain ORDER BY depth) AS parent_ids`);
 
 /** containerd's overlay check: the kernel's overlay module knows "index=off" when it has the parameter. */
 function overlaySupportsIndex(): boolean {
@@ -195,30 +209,24 @@ export class Snapshotter {
     return path.join(this.dir(id), 'work');
   }
 
-  private async find(sql: Sql, ns: string, key: string, lock: '' | 'update' | 'share' = ''): Promise<Row | undefined> {
+  /** The rows of `keys` (those that exist), with their parent chains when `withChain`. */
+  private async findAll(sql: Sql, ns: string, keys: string[], lock: '' | 'update' | 'share' = '', withChain = false): Promise<Row[]> {
     const suffix = lock === 'update' ? sql`FOR UPDATE OF s` : lock === 'share' ? sql`FOR SHARE OF s` : sql``;
-    const rows = await sql<Row[]>`
-      SELECT ${columns(sql)}
+    const match = keys.length === 1 ? sql`s.key = ${keys[0]!}` : sql`s.key IN ${sql(keys)}`;
+    return sql<Row[]>`
+      SELECT ${columns(sql)} ${withChain ? sql`, ${chainColumn(sql)}` : sql``}
       FROM snapshots_snapshots s LEFT JOIN snapshots_snapshots p ON p.id = s.parent_id
-      WHERE s.node = ${this.nodeId} AND s.snapshotter = ${this.name} AND s.namespace = ${ns} AND s.key = ${key} ${suffix}`;
-    return rows[0];
+      WHERE s.node = ${this.nodeId} AND s.snapshotter = ${this.name} AND s.namespace = ${ns} AND ${match} ${suffix}`;
   }
 
-  private async get(sql: Sql, ns: string, key: string, lock: '' | 'update' | 'share' = ''): Promise<Row> {
-    const r = await this.find(sql, ns, key, lock);
+  private async find(sql: Sql, ns: string, key: string, lock: '' | 'update' | 'share' = '', withChain = false): Promise<Row | undefined> {
+    return (await this.findAll(sql, ns, [key], lock, withChain))[0];
+  }
+
+  private async get(sql: Sql, ns: string, key: string, lock: '' | 'update' | 'share' = '', withChain = false): Promise<Row> {
+    const r = await this.find(sql, ns, key, lock, withChain);
     if (!r) throw errNotFound(`snapshot ${key} does not exist`);
     return r;
-  }
-
-  /** Ids of `id` and its ancestors, nearest first. */
-  private async chain(sql: Sql, id: string): Promise<string[]> {
-    const rows = await sql<{ id: string }[]>`
-      WITH RECURSIVE chain AS (
-        SELECT id, parent_id, 0 AS depth FROM snapshots_snapshots WHERE id = ${id}
-        UNION ALL
-        SELECT s.id, s.parent_id, c.depth + 1 FROM snapshots_snapshots s JOIN chain c ON s.id = c.parent_id)
-      SELECT id FROM chain ORDER BY depth`;
-    return rows.map((r) => String(r.id));
   }
 
   /** The mounts of an active or view snapshot whose parents are `parentIds` (nearest first). */
@@ -266,14 +274,18 @@ export class Snapshotter {
         }
       }
       return (await this.sql.begin(async (tx) => {
-        // containerd's order of checks: the target reference, the key, then the parent.
+        // The target reference, the key and the parent (with its chain) in one statement.
+        // FOR SHARE: the parent cannot be removed (or committed over) until this commits;
+        // a target or key row found is an error, which ends the transaction at once.
         const target = labels[LABEL_SNAPSHOT_REF];
-        if (target && (await this.find(tx, ns, target))) throw errAlreadyExists(`target snapshot ${JSON.stringify(target)}`);
-        if (await this.find(tx, ns, key)) throw errAlreadyExists(`snapshot ${JSON.stringify(key)}`);
+        const rows = await this.findAll(tx, ns, [...new Set([key, ...(target ? [target] : []), ...(parent ? [parent] : [])])], 'share', true);
+        const byKey = (k: string) => rows.find((r) => r.key === k);
+        // containerd's order of checks: the target reference, the key, then the parent.
+        if (target && byKey(target)) throw errAlreadyExists(`target snapshot ${JSON.stringify(target)}`);
+        if (byKey(key)) throw errAlreadyExists(`snapshot ${JSON.stringify(key)}`);
         let parentRow: Row | undefined;
         if (parent) {
-          // FOR SHARE: the parent cannot be removed (or committed over) until this commits.
-          parentRow = await this.find(tx, ns, parent, 'share');
+          parentRow = byKey(parent);
           if (!parentRow) throw errNotFound(`parent snapshot ${parent} does not exist`);
           if (parentRow.kind !== 'committed') throw errInvalidArgument(`failed to create snapshot: parent ${JSON.stringify(backendKey(ns, parentRow))} is not committed snapshot`);
         }
@@ -282,7 +294,7 @@ export class Snapshotter {
           VALUES (${this.nodeId}, ${this.name}, ${ns}, ${key}, ${parentRow?.id ?? null}, ${kind}, ${tx.json(labels)})
           RETURNING id`;
         const id = String(row!.id);
-        const parentIds = parentRow ? await this.chain(tx, parentRow.id) : [];
+        const parentIds = parentRow ? [String(parentRow.id), ...parentRow.parent_ids!] : [];
         if (td) {
           if (parentIds.length > 0 && this.name === 'overlayfs') {
             // The upper dir takes the owner of the nearest parent's root, as containerd does.
@@ -317,11 +329,11 @@ export class Snapshotter {
 
   /** The mounts of an active snapshot or a view (FailedPrecondition for a committed one). */
   async mounts(ns: string, key: string): Promise<Mount[]> {
-    const r = await this.get(this.sql, ns, key);
+    const r = await this.get(this.sql, ns, key, '', true);
     if (r.kind === 'committed') {
       throw errFailedPrecondition(`${this.name === 'native' ? 'failed to get snapshot mount' : 'failed to get active mount'}: requested snapshot ${backendKey(ns, r)} not active or view`);
     }
-    return this.mountsOf(r.id, r.kind, r.parent_id ? await this.chain(this.sql, r.parent_id) : []);
+    return this.mountsOf(r.id, r.kind, r.parent_ids!);
   }
 
   /**
@@ -332,9 +344,11 @@ export class Snapshotter {
     if (!name) throw errInvalidArgument('snapshot name must not be empty');
     labels = cleanLabels(labels);
     checkLabels(labels);
-    // containerd checks the new name before the key.
-    if (await this.find(this.sql, ns, name)) throw errAlreadyExists(`snapshot ${JSON.stringify(name)}`);
-    const pre = await this.get(this.sql, ns, key);
+    // containerd checks the new name before the key (both read in one statement).
+    const rows = await this.findAll(this.sql, ns, [...new Set([name, key])]);
+    if (rows.some((r) => r.key === name)) throw errAlreadyExists(`snapshot ${JSON.stringify(name)}`);
+    const pre = rows.find((r) => r.key === key);
+    if (!pre) throw errNotFound(`snapshot ${key} does not exist`);
     if (this.name === 'native' && pre.kind === 'view' && pre.parent_id) {
       // containerd's native Commit measures the snapshot's directory before checking its
       // kind; a view of a parent has none, so the client sees that lstat failure.
@@ -344,7 +358,7 @@ export class Snapshotter {
     const usage = pre.kind === 'active' ? await diskUsage(this.upper(pre.id)) : { size: 0, inodes: 0 };
     try {
       await this.sql.begin(async (tx) => {
-        if (await this.find(tx, ns, name)) throw errAlreadyExists(`snapshot ${JSON.stringify(name)}`);
+        // A `name` created since the check above fails the UPDATE (unique key): AlreadyExists.
         const r = await this.get(tx, ns, key, 'update');
         if (r.kind !== 'active') throw errFailedPrecondition(`failed to commit snapshot: snapshot ${JSON.stringify(backendKey(ns, r))} is not active`);
         await tx`UPDATE snapshots_snapshots SET key = ${name}, kind = 'committed', labels = ${tx.json(labels)},
@@ -360,13 +374,17 @@ export class Snapshotter {
   async remove(ns: string, key: string): Promise<void> {
     let id: string;
     try {
-      id = (await this.sql.begin(async (tx) => {
-        const r = await this.get(tx, ns, key, 'update');
-        const kids = await tx`SELECT 1 FROM snapshots_snapshots WHERE parent_id = ${r.id} LIMIT 1`;
-        if (kids.length > 0) throw errFailedPrecondition('cannot remove snapshot with child');
-        await tx`DELETE FROM snapshots_snapshots WHERE id = ${r.id}`;
-        return String(r.id);
-      })) as string;
+      // One statement; only when it deletes nothing is the reason looked up.
+      const [row] = await this.sql<{ id: string }[]>`
+        DELETE FROM snapshots_snapshots s
+        WHERE s.node = ${this.nodeId} AND s.snapshotter = ${this.name} AND s.namespace = ${ns} AND s.key = ${key}
+          AND NOT EXISTS (SELECT 1 FROM snapshots_snapshots c WHERE c.parent_id = s.id)
+        RETURNING s.id`;
+      if (!row) {
+        await this.get(this.sql, ns, key);
+        throw errFailedPrecondition('cannot remove snapshot with child');
+      }
+      id = String(row.id);
     } catch (err) {
       // A child created concurrently (it holds the parent row FOR SHARE until it commits).
       if (sqlState(err) === FOREIGN_KEY_VIOLATION) throw errFailedPrecondition('cannot remove snapshot with child', { cause: err });

@@ -105,6 +105,20 @@ for (const name of ['overlayfs', 'native'] as const) {
       await assert.rejects(s.commit(ns, 'a-c', 'a2'), (e) => isAlreadyExists(e));
       await assert.rejects(s.commit(ns, 'v', 'a2'), (e) => isAlreadyExists(e));
       await assert.rejects(s.mounts(ns, 'a-c'), (e) => isFailedPrecondition(e));
+      // Target, key and parent are read in one statement; the checks keep containerd's order.
+      const ref = 'containerd.io/snapshot.ref';
+      await assert.rejects(s.prepare(ns, 'a2', 'nope', { [ref]: 'a-c' }), (e) => isAlreadyExists(e) && /target snapshot "a-c": already exists/.test((e as Error).message));
+      await assert.rejects(s.prepare(ns, 'a2', 'nope', { [ref]: 'free' }), (e) => isAlreadyExists(e) && /snapshot "a2": already exists/.test((e as Error).message));
+      await assert.rejects(s.prepare(ns, 'a-c', 'a-c'), (e) => isAlreadyExists(e) && /snapshot "a-c": already exists/.test((e as Error).message));
+      await assert.rejects(s.prepare(ns, 'b', 'a2', { [ref]: 'free' }), (e) => isInvalidArgument(e) && /not committed/.test((e as Error).message));
+      assert.deepEqual((await s.prepare(ns, 'b', 'a-c', { [ref]: 'free' })).length, 1);
+      await assert.rejects(s.commit(ns, 'a2', 'a2'), (e) => isAlreadyExists(e) && /snapshot "a2": already exists/.test((e as Error).message));
+      // Remove: NotFound in another namespace, FailedPrecondition with a child, then gone.
+      await assert.rejects(s.remove(`${ns}-other`, 'a-c'), (e) => isNotFound(e) && /snapshot a-c does not exist/.test((e as Error).message));
+      await assert.rejects(s.remove(ns, 'a-c'), (e) => isFailedPrecondition(e));
+      await s.remove(ns, 'b');
+      await s.prepare(ns, 'b', 'a-c', { [ref]: 'free' });
+      await s.remove(ns, 'b');
       // A failed create leaves no record and no directory behind.
       const before = (await fs.readdir(path.join(s.root, 'snapshots'))).length;
       await assert.rejects(s.prepare(ns, 'a2'), (e) => isAlreadyExists(e));
