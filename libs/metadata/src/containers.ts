@@ -2,7 +2,7 @@
 // masks, filters and error texts as containerd's, and the /containers/* events.
 import { Any, containers as capi, evContainer, toTimestamp } from '@flotilla/api';
 import type { CallContext } from '@flotilla/bus';
-import { type Sql, sqlState, UNIQUE_VIOLATION } from '@flotilla/db';
+import { type BinaryRow, literal, selectBinary, type Sql, sqlState, timestamptzMs, UNIQUE_VIOLATION } from '@flotilla/db';
 import { errAlreadyExists, errInvalidArgument, errNotFound, messageOf } from '@flotilla/errdefs';
 import { checkMap, parseFilters } from '@flotilla/filters';
 import { namespaceRequired, validateIdentifier, validateLabels } from '@flotilla/identifiers';
@@ -158,6 +158,29 @@ export function asField(n: number, msg: Uint8Array): Buffer {
   return b;
 }
 
+/** Rows per page of a list: ~3 MB with containerd's default spec. */
+const PAGE = 1000;
+
+/** The columns `binaryRow` reads, in its order. */
+const BINARY_COLUMNS = 'id, labels::text, image, runtime_name, runtime_options, spec, snapshotter, snapshot_key, extensions, created_at, updated_at';
+
+/** A row read in binary format as the row Postgres.js gives (timestamps as milliseconds, as its Dates have). */
+function binaryRow(f: BinaryRow): any {
+  return {
+    id: f[0]!.toString('utf8'),
+    labels: JSON.parse(f[1]!.toString('utf8')),
+    image: f[2]!.toString('utf8'),
+    runtime_name: f[3]!.toString('utf8'),
+    runtime_options: f[4],
+    spec: f[5],
+    snapshotter: f[6]!.toString('utf8'),
+    snapshot_key: f[7]!.toString('utf8'),
+    extensions: f[8],
+    created_at: timestamptzMs(f[9]!),
+    updated_at: timestamptzMs(f[10]!),
+  };
+}
+
 /** What filters look at: no spec, no extensions. */
 function rowView(r: any): capi.Container {
   return { id: r.id, labels: r.labels ?? {}, image: r.image, runtime: { name: r.runtime_name, options: undefined }, spec: undefined, snapshotter: '', snapshotKey: '', createdAt: undefined, updatedAt: undefined, extensions: {} };
@@ -232,16 +255,22 @@ export class ContainerStore {
    * enclosing message: one is a ListContainerMessage, all concatenated a ListContainersResponse.
    */
   async *listEncoded(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<Buffer[]> {
-    for await (const rows of this.rows(ctx, filters)) yield rows.map((r) => rowToContainerBytes(r, true));
+    for await (const rows of this.rows(ctx, filters, true)) yield rows.map((r) => rowToContainerBytes(r, true));
   }
 
-  /** The namespace's rows matching any of `filters`, by id, in pages. */
-  private async *rows(ctx: CallContext, filters: readonly string[]): AsyncGenerator<any[]> {
+  /**
+   * The namespace's rows matching any of `filters`, by id, in pages. `binary`: read in
+   * PostgreSQL's binary format (see @flotilla/db selectBinary), bytea fields as views.
+   */
+  private async *rows(ctx: CallContext, filters: readonly string[], binary = false): AsyncGenerator<any[]> {
     const ns = namespaceRequired(ctx);
     const filter = parseFilters(filters);
     let after = '';
     for (;;) {
-      const rows = await this.sql`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id > ${after} ORDER BY id LIMIT 1000`;
+      const rows = binary
+        ? (await selectBinary(this.sql, `SELECT ${BINARY_COLUMNS} FROM metadata_containers
+            WHERE namespace = ${literal(ns)} AND id > ${literal(after)} ORDER BY id LIMIT ${PAGE}`)).map(binaryRow)
+        : await this.sql`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id > ${after} ORDER BY id LIMIT ${PAGE}`;
       if (rows.length === 0) return;
       const page = rows.filter((r) => filter.match((p) => fieldOf(rowView(r), p)));
       if (page.length) yield page;

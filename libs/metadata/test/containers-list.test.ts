@@ -37,7 +37,7 @@ test('encoded list equals the encoded containers, filters included', async (t) =
   const made = [
     { ...base, id: 'a-plain', labels: {}, image: '', snapshotter: '', snapshotKey: '', extensions: {} },
     {
-      id: 'b-full', labels: { env: 'prod', 'z.long/label': 'x'.repeat(300), empty: '' }, image: 'docker.io/library/busybox:latest',
+      id: 'b-full', labels: { env: 'prod', 'z.long/label': 'x'.repeat(300), empty: '', uni: 'ä€😀' }, image: 'docker.io/library/busybox:latest',
       runtime: { name: 'io.containerd.runc.v2', options: any('containerd.runc.v1.Options', [8, 1]) },
       spec: any('types.containerd.io/opencontainers/runtime-spec/1/Spec', Array.from({ length: 3000 }, (_, i) => i & 0xff)),
       snapshotter: 'overlayfs', snapshotKey: 'b-full', extensions: { ext1: any('x/y', [7]), ext2: any('', []) },
@@ -56,7 +56,7 @@ test('encoded list equals the encoded containers, filters included', async (t) =
   assert.deepEqual(all.map((c) => c.id), ['a-plain', 'b-full', 'c-empty-options']);
   assert.equal(all[1]!.extensions.ext1?.typeUrl, 'x/y');
   assert.deepEqual([...all[1]!.extensions.ext1!.value], [7]);
-  assert.deepEqual(Object.keys(all[1]!.labels).sort(), ['env', 'z.long/label']);
+  assert.deepEqual(Object.keys(all[1]!.labels).sort(), ['env', 'uni', 'z.long/label']);
   // All of them concatenated: the ListContainersResponse the metadata service sends.
   const enc = await collect(store.containerListEncoded(ctx, []));
   assert.deepEqual(capi.ListContainersResponse.decode(Buffer.concat(enc)).containers, all);
