@@ -15,6 +15,7 @@ import { SpanKind, extractTrace, openSpan, otelContext, withSpan, type Carrier }
 import { routeFor, type Route } from './routes.js';
 import { decodeCheckRequest, encodeCheckResponse, healthDefinition, ServingStatus } from './health.js';
 import { listPlugins } from './introspection.js';
+import { MessageWriter } from './stream-writer.js';
 
 export interface GatewayOptions {
   bus: Bus;
@@ -183,11 +184,12 @@ export class Gateway {
       call.on('cancelled', () => (cancelled = true));
       this.traced(pathName, call.metadata, async () => {
         const it = this.opts.bus.requestStream(subject, call.request, ctx);
+        // Straight to the HTTP/2 stream (stream-writer.ts): a 10k-container ListStream is
+        // 10,000 messages.
+        const out = new MessageWriter(call, MAX_MESSAGE);
         for await (const msg of it) {
           if (cancelled) break;
-          if (!call.write(Buffer.from(msg.buffer, msg.byteOffset, msg.byteLength))) {
-            await new Promise((r) => call.once('drain', r));
-          }
+          if (!(await out.write(Buffer.from(msg.buffer, msg.byteOffset, msg.byteLength)))) break;
         }
       }).then(
         () => call.end(),

@@ -1,0 +1,134 @@
+// MessageWriter against real grpc-js on both ends: messages written straight to the HTTP/2
+// stream arrive as grpc-js's own would, in order, followed by the status the call ends with;
+// cancellation and the size limit behave as through call.write. The first test fails if the
+// HTTP/2 stream can no longer be found in grpc-js's call (an upgrade that moved it).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { MessageWriter } from '../src/stream-writer.js';
+
+const identity = (b: Buffer) => b;
+const def: grpc.ServiceDefinition = {
+  Stream: {
+    path: '/test.Writer/Stream', requestStream: false, responseStream: true,
+    requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity,
+  },
+};
+const LIMIT = 2 << 20;
+
+/** What each call's handler saw, by request. */
+const seen = new Map<string, { direct: boolean; results: boolean[] }>();
+
+function message(i: number, size: number): Buffer {
+  const b = Buffer.alloc(size, i & 0xff);
+  if (size >= 4) b.writeUInt32BE(i, 0);
+  return b;
+}
+
+/** Request `<case>`: what the server writes. */
+const cases: Record<string, (w: MessageWriter, call: grpc.ServerWritableStream<Buffer, Buffer>) => Promise<boolean[]>> = {
+  // Sizes around the edges: empty, tiny, typical container, 1 MiB content piece.
+  mixed: async (w) => {
+    const out: boolean[] = [];
+    for (let i = 0; i < 3000; i++) out.push(await w.write(message(i, [0, 1, 3000, 5][i % 4]!)));
+    out.push(await w.write(message(3000, 1 << 20)));
+    return out;
+  },
+  error: async (w, call) => {
+    const out = [await w.write(message(0, 10)), await w.write(message(1, 10))];
+    call.emit('error', Object.assign(new Error('not found here'), { code: grpc.status.NOT_FOUND, details: 'not found here' }));
+    return out;
+  },
+  tooLarge: async (w) => [await w.write(message(0, 10)), await w.write(message(1, LIMIT + 1))],
+  // Written until the client goes away; the writer must report it, not hang or throw.
+  endless: async (w) => {
+    const out: boolean[] = [];
+    for (let i = 0; i < 1_000_000; i++) {
+      const ok = await w.write(message(i, 3000));
+      out.push(ok);
+      if (!ok) break;
+    }
+    return out;
+  },
+};
+
+let server: grpc.Server;
+let client: grpc.Client;
+let dir: string;
+
+before(async () => {
+  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'stream-writer-'));
+  server = new grpc.Server({ 'grpc.max_send_message_length': LIMIT });
+  server.addService(def, {
+    Stream: (call: grpc.ServerWritableStream<Buffer, Buffer>) => {
+      const name = call.request.toString();
+      const w = new MessageWriter(call, LIMIT);
+      cases[name]!(w, call).then((results) => {
+        seen.set(name, { direct: w.direct, results });
+        if (name !== 'error') call.end();
+      });
+    },
+  });
+  const sock = `unix://${path.join(dir, 's.sock')}`;
+  await new Promise<void>((resolve, reject) => server.bindAsync(sock, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
+  const Client = grpc.makeGenericClientConstructor(def, 'Writer');
+  client = new Client(sock, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': -1 });
+});
+after(async () => {
+  client?.close();
+  await new Promise<void>((r) => (server ? server.tryShutdown(() => r()) : r()));
+  await fs.rm(dir, { recursive: true, force: true });
+});
+
+function call(name: string, onMessage?: (b: Buffer, stream: grpc.ClientReadableStream<Buffer>) => void): Promise<{ messages: Buffer[]; status: grpc.StatusObject | grpc.ServiceError }> {
+  return new Promise((resolve) => {
+    const messages: Buffer[] = [];
+    const s = (client as any).Stream(Buffer.from(name)) as grpc.ClientReadableStream<Buffer>;
+    let error: grpc.ServiceError | undefined;
+    s.on('data', (b: Buffer) => { messages.push(b); onMessage?.(b, s); });
+    s.on('error', (e: grpc.ServiceError) => (error = e));
+    s.on('status', (st: grpc.StatusObject) => setImmediate(() => resolve({ messages, status: error ?? st })));
+  });
+}
+
+async function handled(name: string) {
+  for (let i = 0; i < 500 && !seen.has(name); i++) await new Promise((r) => setTimeout(r, 10));
+  return seen.get(name)!;
+}
+
+test('messages go straight to the HTTP/2 stream and arrive as written, then OK', async () => {
+  const { messages, status } = await call('mixed');
+  assert.equal(status.code, grpc.status.OK);
+  assert.equal(messages.length, 3001);
+  for (let i = 0; i < 3000; i++) assert.deepEqual(messages[i], message(i, [0, 1, 3000, 5][i % 4]!), `message ${i}`);
+  assert.deepEqual(messages[3000], message(3000, 1 << 20));
+  const h = await handled('mixed');
+  assert.equal(h.direct, true, 'the HTTP/2 stream of the grpc-js call was not found');
+  assert.ok(h.results.every((r) => r));
+});
+
+test('an error after some messages reaches the client after them, with its code', async () => {
+  const { messages, status } = await call('error');
+  assert.deepEqual(messages, [message(0, 10), message(1, 10)]);
+  assert.equal(status.code, grpc.status.NOT_FOUND);
+  assert.equal(status.details, 'not found here');
+});
+
+test('a message over the send limit ends the call as grpc-js does', async () => {
+  const { messages, status } = await call('tooLarge');
+  assert.deepEqual(messages, [message(0, 10)]);
+  assert.equal(status.code, grpc.status.RESOURCE_EXHAUSTED);
+});
+
+test('a client that cancels stops the writer', async () => {
+  const { messages, status } = await call('endless', (_b, s) => { if (_b.readUInt32BE(0) === 100) s.cancel(); });
+  assert.equal(status.code, grpc.status.CANCELLED);
+  assert.ok(messages.length >= 101);
+  const h = await handled('endless');
+  assert.equal(h.results.at(-1), false);
+  assert.ok(h.results.length < 1_000_000);
+  for (let i = 0; i < messages.length; i++) assert.equal(messages[i]!.readUInt32BE(0), i);
+});
