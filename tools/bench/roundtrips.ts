@@ -4,6 +4,7 @@
 // runc are short-lived and not counted); --containerd runs it against Debian's containerd
 // for the CPU comparison.
 //   node --import tsx tools/bench/roundtrips.ts [--repeat N] [--stdin-mib M] [--statements] -- run --rm {busybox} {id} /bin/true
+// --containers N: first N containers in the namespace (copies of one ctr created), e.g. for `-- containers list`.
 // --statements also lists the SQL statements per command (log_statement=all while measuring).
 // `{busybox}` is replaced by the test image (imported first), `{id}` by a fresh id; with
 // --stdin-mib, each run reads a fresh random file of M MiB on stdin (content ingest {id}).
@@ -38,12 +39,14 @@ async function main(): Promise<void> {
   let stdinMiB = 0;
   let reference = false;
   let statements = false;
+  let containers = 0;
   const dash = argv.indexOf('--');
   for (let i = 0; i < (dash < 0 ? argv.length : dash); i++) {
     if (argv[i] === '--repeat') repeat = Number(argv[++i]);
     else if (argv[i] === '--stdin-mib') stdinMiB = Number(argv[++i]);
     else if (argv[i] === '--containerd') reference = true;
     else if (argv[i] === '--statements') statements = true;
+    else if (argv[i] === '--containers') containers = Number(argv[++i]);
   }
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-rt-'));
   const input = async (i: number) => {
@@ -58,6 +61,19 @@ async function main(): Promise<void> {
   try {
     const r = await side.ctr(['images', 'import', busybox.archivePath], { namespace: NAMESPACE });
     if (r.code !== 0) throw new Error(r.stderr);
+    if (containers && !reference) {
+      // N copies of one container ctr made (its ~3 KB OCI spec), inserted directly.
+      const c = await side.ctr(['containers', 'create', busybox.name, 'rt-seed'], { namespace: NAMESPACE });
+      if (c.code !== 0) throw new Error(c.stderr);
+      const db = connectDb(side.databaseUrl!, { max: 1 });
+      await db`INSERT INTO metadata_containers (namespace, id, labels, image, runtime_name, runtime_options, spec, snapshotter, snapshot_key, extensions)
+        SELECT namespace, 'rt-seed-' || lpad(i::text, 6, '0'), labels, image, runtime_name, runtime_options, spec, snapshotter, '', extensions
+        FROM metadata_containers, generate_series(1, ${containers - 1}) i WHERE namespace = ${NAMESPACE} AND id = 'rt-seed'`;
+      // Settled as after a real run of creates, not vacuumed and checkpointed while measured.
+      await db`VACUUM ANALYZE metadata_containers`;
+      await db`CHECKPOINT`;
+      await db.end({ timeout: 5 });
+    }
     const args = (i: number) => cmd.map((a) => a.replace('{busybox}', busybox.name).replace('{id}', `rt-${i + 1}`));
     await timedCtr(side, args(-1), { stdinFile: await input(-1) });
     // Debian's containerd (--containerd): only the CPU per process, for comparison.

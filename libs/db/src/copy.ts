@@ -27,9 +27,9 @@ const SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
  */
 export async function selectBinary(sql: Sql, select: string): Promise<BinaryRow[]> {
   const stream = (await sql.unsafe(`COPY (${select}) TO STDOUT (FORMAT binary)`).readable()) as unknown as Readable;
-  const chunks: Buffer[] = [];
+  const parser = new CopyParser();
   try {
-    for await (const chunk of stream) chunks.push(chunk as Buffer);
+    for await (const chunk of stream) parser.push(chunk as Buffer);
   } finally {
     // Postgres.js 3.4 pauses its socket when a chunk fills the stream's buffer and resumes
     // it only from the stream's read(). When the end of the copy came in the same socket
@@ -39,31 +39,80 @@ export async function selectBinary(sql: Sql, select: string): Promise<BinaryRow[
     // libs/db/test/copy.test.ts fails without this.
     (stream as unknown as { _read(n: number): void })._read(0);
   }
-  return parseCopy(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
+  return parser.end();
 }
 
-/** Rows of a binary COPY stream (header, tuples, trailer), as PostgreSQL documents the format. */
-export function parseCopy(b: Buffer): BinaryRow[] {
-  if (b.length < 19 || !b.subarray(0, 11).equals(SIGNATURE)) throw new Error('not a binary COPY stream');
-  let p = 15 + 4 + b.readUInt32BE(15); // signature, flags, header extension
-  const rows: BinaryRow[] = [];
-  for (;;) {
+/** Rows of a binary COPY stream (header, tuples, trailer), as PostgreSQL documents the format, whole or in chunks. */
+export function parseCopy(stream: Buffer | readonly Buffer[]): BinaryRow[] {
+  const p = new CopyParser();
+  for (const chunk of Buffer.isBuffer(stream) ? [stream] : stream) p.push(chunk);
+  return p.end();
+}
+
+/**
+ * Parses a binary COPY stream chunk by chunk. PostgreSQL sends one row per CopyData
+ * message, so rows are read where they lie (fields are views into the chunks); only a row
+ * cut across chunks, which the protocol allows, is first joined with what follows.
+ */
+class CopyParser {
+  private readonly rows: BinaryRow[] = [];
+  private rest: Buffer | undefined;
+  private header = false;
+  private done = false;
+
+  push(chunk: Buffer): void {
+    let b = this.rest ? Buffer.concat([this.rest, chunk]) : chunk;
+    this.rest = undefined;
+    let p = 0;
+    if (!this.header) {
+      if (b.length < 19) return void (this.rest = b);
+      if (!b.subarray(0, 11).equals(SIGNATURE)) throw new Error('not a binary COPY stream');
+      const start = 19 + b.readUInt32BE(15); // signature, flags, header extension length, extension
+      if (b.length < start) return void (this.rest = b);
+      p = start;
+      this.header = true;
+    }
+    while (!this.done && p < b.length) {
+      const next = this.row(b, p);
+      if (next < 0) {
+        this.rest = b.subarray(p);
+        return;
+      }
+      p = next;
+    }
+    if (p < b.length) throw new Error('binary COPY stream: data after the trailer');
+  }
+
+  /** Reads the row (or trailer) at `p`; returns where the next starts, or -1 if it is not all here. */
+  private row(b: Buffer, p: number): number {
+    if (p + 2 > b.length) return -1;
     const n = b.readInt16BE(p);
     p += 2;
-    if (n === -1) break;
+    if (n === -1) {
+      this.done = true;
+      return p;
+    }
     const row: BinaryRow = new Array(n);
     for (let i = 0; i < n; i++) {
+      if (p + 4 > b.length) return -1;
       const len = b.readInt32BE(p);
       p += 4;
       if (len < 0) row[i] = null;
       else {
+        if (p + len > b.length) return -1;
         row[i] = b.subarray(p, p + len);
         p += len;
       }
     }
-    rows.push(row);
+    this.rows.push(row);
+    return p;
   }
-  return rows;
+
+  end(): BinaryRow[] {
+    if (!this.header) throw new Error('not a binary COPY stream');
+    if (!this.done || this.rest) throw new Error('binary COPY stream ends inside a row');
+    return this.rows;
+  }
 }
 
 /** A timestamptz field (microseconds since 2000-01-01 UTC) as Unix milliseconds, truncated as Postgres.js's Date is. */

@@ -81,3 +81,22 @@ test('an error in the copy is thrown and leaves the connection usable', async ()
   assert.equal(r!.one, 1);
   assert.throws(() => parseCopy(Buffer.from('not a copy stream at all')), /binary COPY/);
 });
+
+test('a stream cut anywhere parses as the whole', () => {
+  const i16 = (n: number) => { const b = Buffer.alloc(2); b.writeInt16BE(n); return b; };
+  const i32 = (n: number) => { const b = Buffer.alloc(4); b.writeInt32BE(n); return b; };
+  const field = (v: Buffer | null) => (v ? Buffer.concat([i32(v.length), v]) : i32(-1));
+  const rows = [[Buffer.from('a'), null, Buffer.alloc(0)], [Buffer.from('bé'), Buffer.alloc(300, 7), Buffer.from([0, 0, 0])]];
+  const whole = Buffer.concat([
+    Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1'), i32(0), i32(2), Buffer.from([9, 9]), // an extension to skip
+    ...rows.flatMap((r) => [i16(r.length), ...r.map(field)]),
+    i16(-1),
+  ]);
+  assert.deepEqual(parseCopy(whole), rows);
+  for (let a = 0; a <= whole.length; a++) {
+    const b = Math.min(whole.length, a + 1 + (a % 17));
+    assert.deepEqual(parseCopy([whole.subarray(0, a), whole.subarray(a, b), whole.subarray(b)]), rows, `cut at ${a} and ${b}`);
+  }
+  assert.throws(() => parseCopy(whole.subarray(0, whole.length - 1)), /ends inside a row/);
+  assert.throws(() => parseCopy(Buffer.concat([whole, Buffer.from([0])])), /after the trailer/);
+});
