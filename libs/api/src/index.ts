@@ -35,3 +35,4 @@ export type { MessageType, ServiceDefinition, MethodDefinition } from './util.js
 export * as flotillaContent from './gen/flotilla/content.js';
 export * as flotillaAgent from './gen/flotilla/agent.js';
 export { preciseNow } from './clock.js';
+export { canonicalDigester, digestOf } from './digest.js';

@@ -1,5 +1,5 @@
 // go-digest's Digest.Validate, with its error texts (containerd's answers quote them).
-import { createHash, type Hash } from 'node:crypto';
+export { canonicalDigester, digestOf } from '@flotilla/api';
 
 const ALGORITHMS: Record<string, number> = { sha256: 64, sha384: 96, sha512: 128 };
 const DIGEST_RE = /^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
@@ -19,13 +19,4 @@ export function digestError(d: string): string | undefined {
   if (enc.length !== len) return ErrDigestInvalidLength;
   if (!/^[a-f0-9]+$/.test(enc)) return ErrDigestInvalidFormat;
   return undefined;
-}
-
-/** The digester every backend writes with (containerd's digest.Canonical). */
-export function canonicalDigester(): Hash {
-  return createHash('sha256');
-}
-
-export function digestOf(h: Hash): string {
-  return 'sha256:' + h.copy().digest('hex');
 }

@@ -4,10 +4,10 @@
 // the client's own protobuf bytes; only content Write is decoded, to frame it for the bus.
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { createHash, randomUUID, type Hash } from 'node:crypto';
+import { randomUUID, type Hash } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import * as api from '@flotilla/api';
-import { preciseNow } from '@flotilla/api';
+import { canonicalDigester, digestOf, preciseNow } from '@flotilla/api';
 import type { ServiceDefinition } from '@flotilla/api';
 import { Bus, type CallContext } from '@flotilla/bus';
 import { ContainerdError, ErrorClass, classOf, grpcCodeOf, messageOf, errUnavailable, isUnavailable } from '@flotilla/errdefs';
@@ -115,8 +115,6 @@ function putVarint(b: Buffer, p: number, n: number): number {
 
 /** Unconfirmed bytes of a pipelined content Write (see contentWrite). */
 const PIPELINE_BYTES = 8 << 20;
-
-const digestOf = (h: Hash) => 'sha256:' + h.copy().digest('hex');
 
 /** One hop of a held call (tasks Wait); the tasks service answers Continue well within it. */
 const HELD_HOP_MS = 15_000;
@@ -272,7 +270,7 @@ export class Gateway {
         if (req.offset === 0 && offset > 0) {
           // containerd truncates on a write at offset 0.
           offset = 0;
-          hash = createHash('sha256');
+          hash = canonicalDigester();
         }
         const entry = { bytes: req.data.length, done: Promise.resolve() };
         // The moment the client learns the write is done: the ingest's updated_at.
@@ -318,9 +316,9 @@ export class Gateway {
         } else {
           // The client's own bytes as the step's request: no re-encoding of the data.
           reply = await send(buf);
-          if (req.action === WA.STAT && reply.response?.offset === 0) hash = createHash('sha256');
+          if (req.action === WA.STAT && reply.response?.offset === 0) hash = canonicalDigester();
           else if (hash && (req.action === WA.WRITE || req.action === WA.COMMIT)) {
-            if (req.offset === 0) hash = createHash('sha256');
+            if (req.offset === 0) hash = canonicalDigester();
             hash.update(req.data);
             // Stop pipelining if the gateway's view ever differs from the content service's.
             if (reply.response?.digest !== digestOf(hash)) hash = undefined;
