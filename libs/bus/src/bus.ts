@@ -133,9 +133,9 @@ export class Bus {
     else respondError(msg, errUnavailable(`${msg.subject}: no such endpoint on this instance`));
   }
 
-  /** Adds the direct-link advertisement to reply headers (only towards callers that take it). */
-  private advertise(h: MsgHdrs, req: Incoming): void {
-    if (this.direct && req.headers?.get(Header.DirectOk)) h.set(Header.Direct, `${this.instance} ${this.direct.address}`);
+  /** The `Flotilla-Direct` value for replies to `req`, when its caller takes direct links and we offer one. */
+  private advertFor(req: Incoming): string | undefined {
+    return this.direct && req.headers?.get(Header.DirectOk) ? `${this.instance} ${this.direct.address}` : undefined;
   }
 
   private learn(advert: string): void {
@@ -328,16 +328,19 @@ export class Bus {
               const h = natsHeaders();
               h.set(Header.Continue, '1');
               msg.respond(new Uint8Array(0), { headers: h });
-            } else if (ep.opensSession && this.direct && msg.headers?.get(Header.DirectOk)) {
-              const h = natsHeaders();
-              this.advertise(h, msg);
-              msg.respond(out, { headers: h });
             } else {
-              msg.respond(out);
+              const advert = ep.opensSession ? this.advertFor(msg) : undefined;
+              if (advert) {
+                const h = natsHeaders();
+                h.set(Header.Direct, advert);
+                msg.respond(out, { headers: h });
+              } else {
+                msg.respond(out);
+              }
             }
           } else {
             const cursor = new StreamCursor(ep.stream(msg.data, ctx)[Symbol.asyncIterator](), this.chunkLimit);
-            const first = this.direct && msg.headers?.get(Header.DirectOk) ? FIRST_BATCH_DIRECT : undefined;
+            const first = this.advertFor(msg) ? FIRST_BATCH_DIRECT : undefined;
             await this.sendBatch(msg, cursor, ctx, randomUUID(), first);
           }
         } catch (e) {
@@ -389,7 +392,8 @@ export class Bus {
     } else {
       h.set(Header.Stream, id);
       h.set(Header.StreamSubject, streamSubject(this.instance));
-      this.advertise(h, msg);
+      const advert = this.advertFor(msg);
+      if (advert) h.set(Header.Direct, advert);
       this.sessions.set(id, {
         cursor,
         ctx,

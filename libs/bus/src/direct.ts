@@ -108,12 +108,15 @@ export class DirectServer {
   private readonly server: net.Server;
   private readonly conns = new Set<net.Socket>();
 
-  private constructor(readonly address: string, private readonly file: string, server: net.Server) {
+  private constructor(
+    readonly address: string,
+    private readonly file: string,
+    server: net.Server,
+    private readonly dispatch: (msg: Incoming) => void,
+  ) {
     this.server = server;
     server.on('connection', (s) => this.accept(s));
   }
-
-  private dispatch: (msg: Incoming) => void = () => {};
 
   static async listen(file: string, dispatch: (msg: Incoming) => void): Promise<DirectServer> {
     await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
@@ -127,9 +130,7 @@ export class DirectServer {
       });
     });
     await fs.promises.chmod(file, 0o600);
-    const d = new DirectServer(`unix:${file}`, file, server);
-    d.dispatch = dispatch;
-    return d;
+    return new DirectServer(`unix:${file}`, file, server, dispatch);
   }
 
   private accept(sock: net.Socket): void {
