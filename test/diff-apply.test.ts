@@ -22,7 +22,9 @@ let dir: string;
 before(async () => {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-apply-'));
   ref = await startReferenceContainerd();
-  stack = await startStack();
+  // Direct links off: the second test watches content Reads cross nats-server (links would
+  // carry them unseen after the first; test/ingest-direct.test.ts covers links through ctr).
+  stack = await startStack({ env: { FLOTILLA_DIRECT: 'off' } });
 });
 
 after(async () => {

@@ -1,13 +1,14 @@
 // Latency of one small call, hop by hop: N sequential namespaces.Get (a) as a raw NATS echo
 // between two connections of this process (nats-server's floor), (b) through the bus to the
-// metadata service over NATS, (c) over the metadata service's direct link, (d) through the
+// metadata service over NATS, (c) the same over the direct link it learns, (d) through the
 // gateway with a grpc-js client, and (e) the gateway's own Version (gRPC alone).
 //   node --import tsx tools/bench/latency.ts [N]      PROF_DIR=<dir> also profiles the apps
 import { connect } from 'nats';
 import * as grpc from '@grpc/grpc-js';
-import { Bus, DirectLink } from '@flotilla/bus';
 import fs from 'node:fs';
-import { headers as natsHeaders } from 'nats';
+import os from 'node:os';
+import path from 'node:path';
+import { Bus } from '@flotilla/bus';
 import { startStack } from '@flotilla/testing';
 
 const N = Number(process.argv[2] ?? 300);
@@ -31,15 +32,14 @@ async function main() {
     const bus = await Bus.connect({ url: stack.env.NATS_URL!, name: 'lat' });
     const t2: number[] = [];
     for (let i = 0; i < N; i++) { const s = performance.now(); await bus.request('flotilla.v1.svc.namespaces.Get', req, { namespace: 'latns' }); t2.push(performance.now() - s); }
-    stats('bus namespaces.Get', t2);
-    const ddir = `${stack.home}/run/direct`;
-    const msock = fs.readdirSync(ddir).find((f) => f.startsWith('flotilla-metadata'));
-    if (msock) {
-      const link = new DirectLink(`unix:${ddir}/${msock}`);
-      const t5: number[] = [];
-      for (let i = 0; i < N; i++) { const h = natsHeaders(); h.set('Flotilla-Namespace', 'latns'); const s = performance.now(); await link.request('flotilla.v1.svc.namespaces.Get', req, h, 5000, () => new Error('timeout')); t5.push(performance.now() - s); }
-      stats('direct namespaces.Get', t5);
-    } else console.log('no metadata direct socket in', fs.readdirSync(ddir));
+    stats('bus namespaces.Get, NATS', t2);
+    // A bus with its own direct link learns the metadata service's link from its first reply.
+    const dbus = await Bus.connect({ url: stack.env.NATS_URL!, name: 'lat-direct', directDir: fs.mkdtempSync(path.join(os.tmpdir(), 'flotilla-lat-')) });
+    await dbus.request('flotilla.v1.svc.namespaces.Get', req, { namespace: 'latns' });
+    const t5: number[] = [];
+    for (let i = 0; i < N; i++) { const s = performance.now(); await dbus.request('flotilla.v1.svc.namespaces.Get', req, { namespace: 'latns' }); t5.push(performance.now() - s); }
+    stats('bus namespaces.Get, direct link', t5);
+    await dbus.close();
     const client = new grpc.Client(`unix:${stack.socket}`, grpc.credentials.createInsecure());
     const call = () => new Promise<void>((res, rej) => {
       const md = new grpc.Metadata(); md.set('containerd-namespace', 'latns');

@@ -2,7 +2,8 @@
 // one untimed warm-up of the same command) and reports the NATS requests it caused, per
 // subject, the PostgreSQL transactions, and the CPU time each process used (shims and
 // runc are short-lived and not counted); --containerd runs it against Debian's containerd
-// for the CPU comparison.
+// for the CPU comparison. With direct links on (the default), NATS sees requests only until each
+// caller has learned the link for their subject: FLOTILLA_DIRECT=off counts every request.
 //   node --import tsx tools/bench/roundtrips.ts [--repeat N] [--stdin-mib M] [--statements] -- run --rm {busybox} {id} /bin/true
 // --containers N: first N containers in the namespace (copies of one ctr created), e.g. for `-- containers list`.
 // --statements also lists the SQL statements per command (log_statement=all while measuring).
@@ -142,7 +143,7 @@ async function main(): Promise<void> {
       out.push('SQL statements per command:');
       for (const [k, n] of [...stmts].sort((a, b) => b[1] - a[1])) out.push(`  ${(n / repeat).toFixed(1).padStart(7)}  ${k}`);
     }
-    if (!reference) out.push('NATS messages per command, by subject:');
+    if (!reference) out.push(`NATS messages per command, by subject${process.env.FLOTILLA_DIRECT === 'off' ? '' : ' (requests over direct links do not cross nats-server: FLOTILLA_DIRECT=off counts them all)'}:`);
     const rows = [...counts].sort((a, b) => b[1].msgs - a[1].msgs);
     let total = 0;
     for (const [k, c] of rows) {

@@ -3,6 +3,9 @@
 // untimed warm-up runs. Where roundtrips.ts counts, this orders.
 //   node --import tsx tools/bench/timeline.ts [--repeat N]
 // PROF_DIR=<dir> also profiles the apps (as bench --cpu-prof); QUIET=1 prints wall times only.
+// The stack runs with direct links off (FLOTILLA_DIRECT=off unless set): requests over links
+// never cross nats-server, so this tool would see only events. callpath.ts shows the
+// client's view with links on.
 import path from 'node:path';
 import { connect } from 'nats';
 import { buildBusyboxImage } from '@flotilla/testing';
@@ -13,7 +16,9 @@ async function main(): Promise<void> {
   const repeat = Number(process.argv[process.argv.indexOf('--repeat') + 1] || 3);
   const busybox = await buildBusyboxImage();
   const prof = process.env.PROF_DIR;
-  const side = await startFlotilla(prof ? { env: { NODE_OPTIONS: `--require ${path.join(__dirname, 'cpuprof-preload.cjs')}`, FLOTILLA_CPU_PROF_DIR: prof } } : {});
+  const env: NodeJS.ProcessEnv = { FLOTILLA_DIRECT: process.env.FLOTILLA_DIRECT ?? 'off' };
+  if (prof) Object.assign(env, { NODE_OPTIONS: `--require ${path.join(__dirname, 'cpuprof-preload.cjs')}`, FLOTILLA_CPU_PROF_DIR: prof });
+  const side = await startFlotilla({ env });
   try {
     const r = await side.ctr(['images', 'import', busybox.archivePath], { namespace: NAMESPACE });
     if (r.code !== 0) throw new Error(r.stderr);

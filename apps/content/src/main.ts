@@ -63,7 +63,7 @@ void runApp('content', async ({ cfg, bus }) => {
         listStatuses: (req, ctx) => svc.listStatuses(req, ctx),
         abort: (req, ctx) => svc.abort(req, ctx),
       }),
-      { method: 'Write', subject: serviceSubject('content', 'Write'), unary: writeStep(false), opensSession: true },
+      { method: 'Write', subject: serviceSubject('content', 'Write'), unary: writeStep(false) },
       { method: 'WriteNext', subject: nextSubject, unary: writeStep(true) },
     ],
   });

@@ -44,13 +44,7 @@ export type UnaryHandler = (data: Uint8Array, ctx: CallContext) => Promise<Uint8
 export type StreamHandler = (data: Uint8Array, ctx: CallContext) => AsyncIterable<Uint8Array>;
 
 export type EndpointSpec =
-  | {
-      method: string;
-      subject: string;
-      unary: UnaryHandler;
-      /** Replies open a session pinned to this instance: advertise the direct link with them. */
-      opensSession?: boolean;
-    }
+  | { method: string; subject: string; unary: UnaryHandler }
   | { method: string; subject: string; stream: StreamHandler };
 
 export interface ServiceSpec {
@@ -94,7 +88,8 @@ export class Bus {
   private direct?: DirectServer;
   /** Direct links to other instances, by instance id (learned from their replies). */
   private readonly links = new Map<string, DirectLink>();
-  private readonly linkByAddress = new Map<string, DirectLink>();
+  /** For subjects that name no instance (svc.*, node.*): the link of the instance that answered one over NATS. */
+  private readonly routes = new Map<string, DirectLink>();
 
   private constructor(nc: NatsConnection, opts: BusOptions) {
     this.nc = nc;
@@ -117,7 +112,7 @@ export class Bus {
     const bus = new Bus(nc, opts);
     if (opts.directDir) {
       const file = path.join(opts.directDir, `${opts.name}-${process.pid}.sock`);
-      bus.direct = await DirectServer.listen(file, (msg) => bus.onDirect(msg));
+      bus.direct = await DirectServer.listen(file, bus.instance, (msg) => bus.onDirect(msg));
     }
     return bus;
   }
@@ -133,22 +128,27 @@ export class Bus {
     else respondError(msg, errUnavailable(`${msg.subject}: no such endpoint on this instance`));
   }
 
-  /** The `Flotilla-Direct` value for replies to `req`, when its caller takes direct links and we offer one. */
+  /**
+   * The `Flotilla-Direct` value for a reply to `req`: when it came over NATS from a caller
+   * that takes direct links and we offer one (over the link the caller has it already).
+   */
   private advertFor(req: Incoming): string | undefined {
-    return this.direct && req.headers?.get(Header.DirectOk) ? `${this.instance} ${this.direct.address}` : undefined;
+    return this.direct && !req.direct && req.headers?.get(Header.DirectOk) ? `${this.instance} ${this.direct.address}` : undefined;
   }
 
-  private learn(advert: string): void {
+  /** Takes a reply's advert: the instance's link, and the route for `subject` unless it is pinned. */
+  private learn(advert: string, subject: string, pinned: boolean): void {
     const sp = advert.indexOf(' ');
     const instance = advert.slice(0, sp);
     const address = advert.slice(sp + 1);
-    if (sp <= 0 || instance === this.instance || !address.startsWith('unix:') || this.links.get(instance)?.address === address) return;
-    let link = this.linkByAddress.get(address);
-    if (!link) {
-      link = new DirectLink(address);
-      this.linkByAddress.set(address, link);
+    if (sp <= 0 || instance === this.instance || !address.startsWith('unix:')) return;
+    let link = this.links.get(instance);
+    if (!link || link.address !== address) {
+      link?.close();
+      link = new DirectLink(address, instance);
+      this.links.set(instance, link);
     }
-    this.links.set(instance, link);
+    if (!pinned) this.routes.set(subject, link);
   }
 
   // ---- client side ----
@@ -168,13 +168,14 @@ export class Bus {
   }
 
   /**
-   * One request, over the direct link when the subject names an instance we have one to
-   * (falling back to NATS when it cannot be reached), else over NATS; maps transport
-   * failures and error replies to containerd errors.
+   * One request, over a direct link when we have one for the subject (the instance a pinned
+   * subject names, or the instance that answered this subject before), falling back to NATS
+   * when it cannot be reached; else over NATS. Maps transport failures and error replies to
+   * containerd errors.
    */
   private async requestOnce(subject: string, data: Payload, h: MsgHdrs, ctx: CallContext): Promise<Reply> {
     const inst = this.links.size > 0 ? instanceOfSubject(subject) : undefined;
-    const link = inst ? this.links.get(inst) : undefined;
+    const link = inst ? this.links.get(inst) : this.routes.get(subject);
     if (link && !link.unreachable) {
       const timeout = this.timeoutFor(ctx);
       try {
@@ -187,9 +188,11 @@ export class Bus {
       } catch (err) {
         if (!(err instanceof DirectLinkError)) throw err;
         // The instance went away mid-call, as a NATS request would find no responders.
+        // (Not retried over NATS: the request may have taken effect.)
         if (!err.beforeSend) throw errUnavailable(`${subject}: no service is answering`, { cause: err });
       }
     }
+    if (link && !inst) this.routes.delete(subject); // unreachable: learn again from NATS
     let msg: Reply;
     try {
       msg = await this.nc.request(subject, isPieces(data) ? Buffer.concat(data) : data, { timeout: this.timeoutFor(ctx), headers: h });
@@ -208,7 +211,7 @@ export class Bus {
     }
     throwIfError(msg);
     const advert = this.direct ? msg.headers?.get(Header.Direct) : undefined;
-    if (advert) this.learn(advert);
+    if (advert) this.learn(advert, subject, instanceOfSubject(subject) !== undefined);
     return msg;
   }
 
@@ -241,6 +244,17 @@ export class Bus {
    */
   async *requestStream(subject: string, data: Uint8Array, ctx: CallContext = currentContext()): AsyncGenerator<Uint8Array> {
     const reader = new BatchReader();
+    for await (const batch of this.requestBatches(subject, data, ctx)) yield* reader.read(batch);
+    if (reader.incomplete) throw errUnavailable(`${subject}: stream ended inside a message`);
+  }
+
+  /**
+   * Streamed request, batch by batch as the server sent them (records as framing.ts lays
+   * them out; a message may continue into the next batch): for a caller that re-frames
+   * whole batches instead of handling messages one by one. The next batch is asked for
+   * while the caller holds the current one.
+   */
+  async *requestBatches(subject: string, data: Uint8Array, ctx: CallContext = currentContext()): AsyncGenerator<Uint8Array> {
     let msg: Reply = await this.requestOnce(subject, data, this.headersFor(ctx), ctx);
     let done = false;
     try {
@@ -256,10 +270,9 @@ export class Bus {
           pending = this.requestOnce(next, new Uint8Array(0), h, ctx);
           pending.catch(() => {}); // observed below
         }
-        for (const m of reader.read(msg.data)) yield m;
+        if (msg.data.byteLength > 0) yield msg.data;
         if (!pending) {
           done = true;
-          if (reader.incomplete) throw errUnavailable(`${subject}: stream ended inside a message`);
           return;
         }
         msg = await pending;
@@ -324,22 +337,18 @@ export class Bus {
         try {
           if ('unary' in ep) {
             const out = await ep.unary(msg.data, ctx);
-            if (out === CONTINUE) {
+            const advert = this.advertFor(msg);
+            if (out === CONTINUE || advert) {
               const h = natsHeaders();
-              h.set(Header.Continue, '1');
-              msg.respond(new Uint8Array(0), { headers: h });
+              if (out === CONTINUE) h.set(Header.Continue, '1');
+              if (advert) h.set(Header.Direct, advert);
+              msg.respond(out === CONTINUE ? new Uint8Array(0) : out, { headers: h });
             } else {
-              const advert = ep.opensSession ? this.advertFor(msg) : undefined;
-              if (advert) {
-                const h = natsHeaders();
-                h.set(Header.Direct, advert);
-                msg.respond(out, { headers: h });
-              } else {
-                msg.respond(out);
-              }
+              msg.respond(out);
             }
           } else {
             const cursor = new StreamCursor(ep.stream(msg.data, ctx)[Symbol.asyncIterator](), this.chunkLimit);
+            // Over NATS to a caller that will continue over the link: a small first batch.
             const first = this.advertFor(msg) ? FIRST_BATCH_DIRECT : undefined;
             await this.sendBatch(msg, cursor, ctx, randomUUID(), first);
           }
@@ -387,13 +396,13 @@ export class Bus {
       return;
     }
     const h = natsHeaders();
+    const advert = this.advertFor(msg);
+    if (advert) h.set(Header.Direct, advert);
     if (next.end) {
       h.set(Header.StreamEnd, '1');
     } else {
       h.set(Header.Stream, id);
       h.set(Header.StreamSubject, streamSubject(this.instance));
-      const advert = this.advertFor(msg);
-      if (advert) h.set(Header.Direct, advert);
       this.sessions.set(id, {
         cursor,
         ctx,
@@ -413,7 +422,7 @@ export class Bus {
       void s.cursor.cancel();
     }
     this.sessions.clear();
-    for (const l of this.linkByAddress.values()) l.close();
+    for (const l of this.links.values()) l.close();
     await this.direct?.close();
     await this.nc.drain().catch(() => {});
   }

@@ -1,19 +1,25 @@
-// Direct links: bulk bytes beside NATS between processes on the same host.
+// Direct links: requests beside NATS between processes on the same host.
 //
-// NATS routes every call (queue groups, discovery, node subjects). But once a call is pinned
-// to one process — a content Write session, the continuation of a streamed reply — its
-// subject names that process's bus instance, and routing has nothing left to decide. Every
-// byte through nats-server costs a copy in and out of it plus the client libraries' parsing
-// (~7 ms of CPU per MiB here, more than hashing and writing it), so those pinned requests
-// take a unix socket straight to the instance when both ends share a host. The server
-// advertises its socket in a reply header (`Flotilla-Direct: <instance> unix:<path>`); a
-// client that cannot connect (another host, direct links off) keeps using NATS, which
-// reaches the same handler, so the link is an optimisation and never a requirement.
+// NATS carries every request between hosts, every event, and the first request a process
+// makes to each subject. A server that offers a link advertises it on its NATS replies
+// (`Flotilla-Direct: <instance> unix:<path>`, only to callers that said `Flotilla-Direct-Ok`);
+// from then on the caller sends that subject's requests over the unix socket to that
+// instance: the subject of a pinned session (inst.*, stream.*), or a service or node subject
+// (svc.*, node.*) that this instance serves. On this machine a NATS request costs ~0.8 ms
+// more than the same request over the socket (nats-server in between, and both ends'
+// client libraries), and a byte through nats-server ~7 ms of CPU per MiB. A caller that
+// cannot connect (another host, direct links off) keeps using NATS, which reaches the same
+// handlers, so the link is an optimisation and never a requirement.
+//
+// On connecting, the server first sends a hello frame naming its bus instance, and the client
+// sends nothing until it has checked it: a socket path that names some other process (a
+// shared directory on another host, a reused pid) is refused and NATS used instead.
 //
 // Frames, both directions, after a u32 BE length of the rest:
+//   hello:   u32 0 | instance (utf8)                                   server -> client, first
 //   request: u32 id | u16 subject length | subject | u32 header length | headers (JSON) | data
 //   reply:   u32 id | u32 header length | headers (JSON) | data
-// Requests on one connection are answered in any order, matched by id.
+// Request ids start at 1; requests on one connection are answered in any order, matched by id.
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -22,6 +28,8 @@ import { headers as natsHeaders, type MsgHdrs } from 'nats';
 /** What a handler needs of an incoming request; NATS's Msg has the same shape. */
 export interface Incoming {
   subject: string;
+  /** Set when the request came over a direct link (NATS's Msg lacks it). */
+  direct?: true;
   data: Uint8Array;
   headers?: MsgHdrs;
   reply?: string;
@@ -108,17 +116,26 @@ export class DirectServer {
   private readonly server: net.Server;
   private readonly conns = new Set<net.Socket>();
 
+  private readonly hello: Buffer;
+
   private constructor(
     readonly address: string,
     private readonly file: string,
     server: net.Server,
+    instance: string,
     private readonly dispatch: (msg: Incoming) => void,
   ) {
+    const id = Buffer.from(instance, 'utf8');
+    this.hello = Buffer.allocUnsafe(8 + id.length);
+    this.hello.writeUInt32BE(4 + id.length, 0);
+    this.hello.writeUInt32BE(0, 4);
+    id.copy(this.hello, 8);
     this.server = server;
     server.on('connection', (s) => this.accept(s));
   }
 
-  static async listen(file: string, dispatch: (msg: Incoming) => void): Promise<DirectServer> {
+  /** Listens on `file` as bus instance `instance` (named in the hello frame). */
+  static async listen(file: string, instance: string, dispatch: (msg: Incoming) => void): Promise<DirectServer> {
     await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
     await fs.promises.rm(file, { force: true });
     const server = net.createServer();
@@ -130,13 +147,14 @@ export class DirectServer {
       });
     });
     await fs.promises.chmod(file, 0o600);
-    return new DirectServer(`unix:${file}`, file, server, dispatch);
+    return new DirectServer(`unix:${file}`, file, server, instance, dispatch);
   }
 
   private accept(sock: net.Socket): void {
     this.conns.add(sock);
     sock.on('close', () => this.conns.delete(sock));
     sock.on('error', () => sock.destroy());
+    sock.write(this.hello);
     const reader = new FrameReader((f) => {
       const id = f.readUInt32BE(0);
       const sl = f.readUInt16BE(4);
@@ -147,6 +165,7 @@ export class DirectServer {
       let answered = false;
       this.dispatch({
         subject,
+        direct: true,
         data: f.subarray(hstart + hl),
         headers,
         reply: `direct.${id}`,
@@ -197,16 +216,23 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
-/** The client end: one connection to one server, requests multiplexed by id. */
+/** How long a new connection may take to say hello before the address counts as unreachable. */
+const HELLO_MS = 2000;
+
+/** The client end: one connection to one server instance, requests multiplexed by id. */
 export class DirectLink {
   private sock?: net.Socket;
   private connecting?: Promise<net.Socket>;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
-  /** Set when connecting failed: the address is not reachable from here. */
+  /** Set when connecting failed or another instance answered: not reachable from here. */
   unreachable = false;
 
-  constructor(readonly address: string) {}
+  constructor(
+    readonly address: string,
+    /** The bus instance that advertised the address; any other answering is refused. */
+    readonly instance: string,
+  ) {}
 
   private connect(): Promise<net.Socket> {
     if (this.sock && !this.sock.destroyed) return Promise.resolve(this.sock);
@@ -214,8 +240,21 @@ export class DirectLink {
     const file = this.address.slice('unix:'.length);
     this.connecting = new Promise<net.Socket>((resolve, reject) => {
       const s = net.connect(file);
-      const reader = new FrameReader((f) => this.onReply(f));
-      s.once('connect', () => {
+      const fail = (why: string) => {
+        if (!this.connecting) return;
+        this.connecting = undefined;
+        this.unreachable = true;
+        clearTimeout(timer);
+        s.destroy();
+        reject(new DirectLinkError(`direct link ${this.address}: ${why}`, true));
+      };
+      const timer = setTimeout(() => fail('no hello'), HELLO_MS);
+      const reader = new FrameReader((f) => {
+        if (this.sock === s) return this.onReply(f);
+        // The hello: until it names the advertised instance, nothing is sent.
+        const instance = f.readUInt32BE(0) === 0 ? f.toString('utf8', 4) : '';
+        if (instance !== this.instance) return fail(`instance ${JSON.stringify(instance)} answered, not ${this.instance}`);
+        clearTimeout(timer);
         this.sock = s;
         this.connecting = undefined;
         resolve(s);
@@ -227,14 +266,9 @@ export class DirectLink {
           s.destroy(e as Error);
         }
       });
-      s.on('error', (err) => {
-        if (this.connecting) {
-          this.connecting = undefined;
-          this.unreachable = true;
-          reject(new DirectLinkError(`direct link ${this.address}: ${err.message}`, true));
-        }
-      });
+      s.on('error', (err) => fail(err.message));
       s.on('close', () => {
+        fail('connection closed');
         if (this.sock === s) this.sock = undefined;
         for (const [id, p] of this.pending) {
           this.pending.delete(id);

@@ -1,6 +1,8 @@
 // Direct links against a real nats-server: requests pinned to an instance (stream
-// continuations, session subjects) skip NATS when both ends offer a link, fall back to NATS
-// when the link cannot be reached, and fail as Unavailable when the instance goes away.
+// continuations, session subjects) and, after the first answer over NATS, requests to any
+// subject that instance serves skip NATS when both ends offer a link; they fall back to NATS
+// when the link cannot be reached or another instance answers on its socket, and fail as
+// Unavailable when the instance goes away mid-request.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
@@ -18,7 +20,7 @@ let direct: Bus;
 let plain: Bus;
 let monitor: NatsConnection;
 /** Pinned-subject messages that crossed nats-server, by subject kind. */
-const seen = { inst: 0, stream: 0 };
+const seen = { inst: 0, stream: 0, svc: 0 };
 
 async function serve(bus: Bus, name: string): Promise<void> {
   await bus.addService({
@@ -29,7 +31,6 @@ async function serve(bus: Bus, name: string): Promise<void> {
       {
         method: 'Open',
         subject: serviceSubject('content', `Open${name}`),
-        opensSession: true,
         unary: async () => Buffer.from(instanceSubject('content', bus.instance, 'Step')),
       },
       {
@@ -41,6 +42,11 @@ async function serve(bus: Bus, name: string): Promise<void> {
           if (text === 'slow') await new Promise((r) => setTimeout(r, 1000));
           return Buffer.from(JSON.stringify({ text, ns: currentContext().namespace }));
         },
+      },
+      {
+        method: 'Echo',
+        subject: serviceSubject('content', `Echo${name}`),
+        unary: async (d) => Buffer.from(JSON.stringify({ text: Buffer.from(d).toString(), by: bus.instance, ns: currentContext().namespace })),
       },
       {
         method: 'Big',
@@ -69,6 +75,7 @@ before(async () => {
   monitor = await connect({ servers: nats.url });
   monitor.subscribe('flotilla.v1.inst.>', { callback: () => seen.inst++ });
   monitor.subscribe('flotilla.v1.stream.>', { callback: () => seen.stream++ });
+  monitor.subscribe('flotilla.v1.svc.>', { callback: () => seen.svc++ });
   await monitor.flush();
 });
 
@@ -157,4 +164,55 @@ test('an instance that goes away mid-request is Unavailable', async () => {
   const err = await outcome;
   assert.ok(err, 'the request failed');
   assert.equal(classOf(err), ErrorClass.Unavailable);
+});
+
+async function echo(bus: Bus, name: string, text: string): Promise<{ text: string; by: string; ns?: string }> {
+  return JSON.parse(Buffer.from(await bus.request(serviceSubject('content', `Echo${name}`), Buffer.from(text), { namespace: 'ns7' })).toString());
+}
+
+test('a service subject goes direct once an answer over NATS has named the instance', async () => {
+  seen.svc = 0;
+  for (let i = 0; i < 5; i++) assert.deepEqual(await echo(direct, 'A', `m${i}`), { text: `m${i}`, by: server.instance, ns: 'ns7' });
+  await settled();
+  assert.equal(seen.svc, 1, 'only the first request crossed nats-server');
+  // A caller without links keeps using NATS for every request.
+  for (let i = 0; i < 3; i++) await echo(plain, 'A', 'p');
+  await settled();
+  assert.equal(seen.svc, 4);
+});
+
+test('a socket answering as another instance is refused, and NATS used instead', async () => {
+  const other = await Bus.connect({ url: nats.url, name: 'srvD', directDir: dir });
+  const impostor = await Bus.connect({ url: nats.url, name: 'srvE', directDir: dir });
+  try {
+    await serve(other, 'D');
+    await serve(impostor, 'D2');
+    // other's socket path now leads to impostor (as a reused path on a shared directory would).
+    await fs.rename(impostor.directAddress!.slice('unix:'.length), other.directAddress!.slice('unix:'.length));
+    seen.svc = 0;
+    for (let i = 0; i < 3; i++) assert.equal((await echo(direct, 'D', 'x')).by, other.instance);
+    await settled();
+    assert.equal(seen.svc, 3, 'every request went through nats-server');
+  } finally {
+    await impostor.close();
+    await other.close();
+  }
+});
+
+test('after an instance is replaced, requests reach the new one (over NATS, then its link)', async () => {
+  const first = await Bus.connect({ url: nats.url, name: 'srvF', directDir: dir });
+  await serve(first, 'F');
+  assert.equal((await echo(direct, 'F', 'a')).by, first.instance);
+  assert.equal((await echo(direct, 'F', 'b')).by, first.instance);
+  await first.close();
+  const second = await Bus.connect({ url: nats.url, name: 'srvF', directDir: dir });
+  try {
+    await serve(second, 'F');
+    seen.svc = 0;
+    for (let i = 0; i < 4; i++) assert.equal((await echo(direct, 'F', 'c')).by, second.instance);
+    await settled();
+    assert.equal(seen.svc, 1, 'one request over NATS learned the new link');
+  } finally {
+    await second.close();
+  }
 });
