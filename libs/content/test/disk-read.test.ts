@@ -48,6 +48,13 @@ test('reads return exactly the asked range, in pieces of at most chunk bytes', a
     for await (const c of b.read(dgst, 0, 0, 100)) if (c.offset >= 300) break;
     assert.equal(await fds(), before);
     await assert.rejects(collect(b.read('sha256:' + '0'.repeat(64), 0, 0, 4096)), /not found/);
+    // Within one chunk and SMALL_READ: read synchronously, still exact and closed after.
+    const tiny = await collect(b.read(dgst, 100, 50, 4096));
+    assert.deepEqual(tiny.map((c) => [c.offset, c.data.length]), [[100, 50]]);
+    assert.ok(tiny[0]!.data.equals(data.subarray(100, 150)));
+    assert.ok(Buffer.concat((await collect(b.read(dgst, 0, 10_000, 1 << 20))).map((c) => c.data)).equals(data));
+    assert.equal(await fds(), before);
+    await assert.rejects(collect(b.read('sha256:' + '0'.repeat(64), 0, 10, 4096)), /not found/);
   } finally {
     await fs.rm(root, { recursive: true, force: true });
   }
