@@ -15,7 +15,7 @@ import { SpanKind, extractTrace, openSpan, otelContext, withSpan, type Carrier }
 import { routeFor, type Route } from './routes.js';
 import { decodeCheckRequest, encodeCheckResponse, healthDefinition, ServingStatus } from './health.js';
 import { listPlugins } from './introspection.js';
-import { MessageWriter } from './stream-writer.js';
+import { GrpcFramer, MessageWriter } from './stream-writer.js';
 
 export interface GatewayOptions {
   bus: Bus;
@@ -181,14 +181,24 @@ export class Gateway {
       let cancelled = false;
       call.on('cancelled', () => (cancelled = true));
       this.traced(pathName, call.metadata, async () => {
-        const it = this.opts.bus.requestStream(subject, call.request, ctx);
         // Straight to the HTTP/2 stream (stream-writer.ts): a 10k-container ListStream is
-        // 10,000 messages.
+        // 10,000 messages, which arrive in a few bus batches and leave as one write each.
         const out = new MessageWriter(call, MAX_MESSAGE);
-        for await (const msg of it) {
-          if (cancelled) break;
-          if (!(await out.write(Buffer.from(msg.buffer, msg.byteOffset, msg.byteLength)))) break;
+        if (!out.direct) {
+          for await (const msg of this.opts.bus.requestStream(subject, call.request, ctx)) {
+            if (cancelled || !(await out.write(Buffer.from(msg.buffer, msg.byteOffset, msg.byteLength)))) return;
+          }
+          return;
         }
+        const framer = new GrpcFramer(MAX_MESSAGE);
+        for await (const batch of this.opts.bus.requestBatches(subject, call.request, ctx)) {
+          for (const piece of framer.push(batch)) {
+            if (cancelled) return;
+            const more = Buffer.isBuffer(piece) ? await out.writeFrames(piece) : await out.write(piece.oversize);
+            if (!more) return;
+          }
+        }
+        if (framer.incomplete) throw errUnavailable(`${subject}: stream ended inside a message`);
       }).then(
         () => call.end(),
         // grpc-js sends a server stream's status from its 'error' event; destroy() would
@@ -450,6 +460,8 @@ export class Gateway {
     const server = new grpc.Server({
       'grpc.max_receive_message_length': MAX_MESSAGE,
       'grpc.max_send_message_length': MAX_MESSAGE,
+      // channelz keeps per-call counters and trackers that nothing here reads.
+      'grpc.enable_channelz': 0,
     });
     for (const def of SERVICES) {
       const route = routeFor(def.fullName, this.opts.nodeId);

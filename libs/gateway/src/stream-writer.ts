@@ -3,11 +3,13 @@
 // hands one message at a time to HTTP/2 and waits for that write to complete before the
 // next: an event-loop turn and ~12 µs of CPU per message, most of the gateway's work in a
 // ListStream of 10,000 containers. Queued on the HTTP/2 stream instead, the messages go to
-// the socket many per write. Headers and status stay grpc-js's: sendMetadata before the
-// first message, and the call's end (or error) after the last, which grpc-js sends behind
-// everything already queued on the stream.
+// the socket many per write; and a bus batch of whole messages becomes gRPC frames by
+// rewriting its record headers in place (GrpcFramer), one write per batch. Headers and
+// status stay grpc-js's: sendMetadata before the first message, and the call's end (or
+// error) after the last, which grpc-js sends behind everything already queued.
 import type { Duplex } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
+import { RECORD_HEADER } from '@flotilla/bus';
 
 /** What is used of node's ServerHttp2Stream. */
 type Http2Out = Duplex & { respond: unknown; session: unknown };
@@ -52,13 +54,7 @@ export class MessageWriter {
   async write(msg: Buffer): Promise<boolean> {
     const s = this.h2;
     if (!s || msg.length > this.maxMessage) return this.writeThroughCall(msg);
-    if (s.destroyed || s.writableEnded) return false;
-    if (!this.started) {
-      this.started = true;
-      this.call.sendMetadata(new grpc.Metadata());
-      // grpc-js answers a cancelled call's sendMetadata by doing nothing.
-      if (s.destroyed || s.writableEnded) return false;
-    }
+    if (!this.start(s)) return false;
     const head = Buffer.allocUnsafe(5);
     head[0] = 0;
     head.writeUInt32BE(msg.length, 1);
@@ -67,10 +63,91 @@ export class MessageWriter {
     return more || waitFor(s, 'drain', ['close']);
   }
 
+  /**
+   * Queues bytes that are already whole gRPC frames, each message within maxMessage (only
+   * when `direct`); resolves as write().
+   */
+  async writeFrames(frames: Buffer): Promise<boolean> {
+    const s = this.h2!;
+    if (!this.start(s)) return false;
+    return s.write(frames) || waitFor(s, 'drain', ['close']);
+  }
+
+  /** Sends the response headers before the first message; false when the call is gone. */
+  private start(s: Http2Out): boolean {
+    if (s.destroyed || s.writableEnded) return false;
+    if (!this.started) {
+      this.started = true;
+      this.call.sendMetadata(new grpc.Metadata());
+      // grpc-js answers a cancelled call's sendMetadata by doing nothing.
+      if (s.destroyed || s.writableEnded) return false;
+    }
+    return true;
+  }
+
   private async writeThroughCall(msg: Buffer): Promise<boolean> {
     const c = this.call;
     if (c.cancelled || c.writableEnded || c.destroyed) return false;
     return c.write(msg) || waitFor(c, 'drain', ['close', 'cancelled']);
+  }
+}
+
+/**
+ * Turns the bus's stream batches (records `u32 length | u8 flags | bytes`, framing.ts) into
+ * gRPC frames (`u8 0 | u32 length | bytes`): the headers are the same size, so a run of
+ * whole messages is re-framed in place, the batch's own bytes becoming the frames. A
+ * message cut across records is collected and framed on its own once complete; one larger
+ * than `maxMessage` is handed back as a message for the caller to refuse as grpc-js would.
+ */
+export class GrpcFramer {
+  private parts: Buffer[] = [];
+  private partSize = 0;
+
+  constructor(private readonly maxMessage: number) {}
+
+  /** The batch's content in order: Buffers of frames, and `{ oversize }` messages. */
+  push(batch: Uint8Array): (Buffer | { oversize: Buffer })[] {
+    const b = Buffer.from(batch.buffer, batch.byteOffset, batch.byteLength);
+    const out: (Buffer | { oversize: Buffer })[] = [];
+    let runStart = -1; // start of a run of whole messages re-framed in place
+    let off = 0;
+    while (off < b.length) {
+      if (off + RECORD_HEADER > b.length) throw new Error('stream batch: truncated record header');
+      const n = b.readUInt32BE(off);
+      const more = (b[off + 4]! & 1) !== 0;
+      const end = off + RECORD_HEADER + n;
+      if (end > b.length) throw new Error('stream batch: truncated record');
+      if (!more && this.parts.length === 0) {
+        if (runStart < 0) runStart = off;
+        b[off] = 0;
+        b.writeUInt32BE(n, off + 1);
+      } else {
+        if (runStart >= 0) out.push(b.subarray(runStart, off));
+        runStart = -1;
+        this.parts.push(b.subarray(off + RECORD_HEADER, end));
+        this.partSize += n;
+        if (!more) out.push(this.whole());
+      }
+      off = end;
+    }
+    if (runStart >= 0) out.push(b.subarray(runStart, off));
+    return out;
+  }
+
+  /** Whether a message is still waiting for its remaining parts. */
+  get incomplete(): boolean {
+    return this.parts.length > 0;
+  }
+
+  private whole(): Buffer | { oversize: Buffer } {
+    const msg = Buffer.concat(this.parts, this.partSize);
+    this.parts = [];
+    this.partSize = 0;
+    if (msg.length > this.maxMessage) return { oversize: msg };
+    const head = Buffer.allocUnsafe(5);
+    head[0] = 0;
+    head.writeUInt32BE(msg.length, 1);
+    return Buffer.concat([head, msg]);
   }
 }
 

@@ -8,7 +8,8 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { MessageWriter } from '../src/stream-writer.js';
+import { StreamCursor } from '@flotilla/bus';
+import { GrpcFramer, MessageWriter } from '../src/stream-writer.js';
 
 const identity = (b: Buffer) => b;
 const def: grpc.ServiceDefinition = {
@@ -28,6 +29,20 @@ function message(i: number, size: number): Buffer {
   return b;
 }
 
+/** The messages of the `framed` case: sizes that fill, straddle and overflow 64 KiB batches. */
+const FRAMED = Array.from({ length: 2000 }, (_, i) => message(i, i === 700 ? 300_000 : [0, 1, 3000, 5, 70_000][i % 5]!));
+
+/** Bus stream batches (as the bus's StreamCursor cuts them) of `msgs`, with `limit` bytes each. */
+async function batchesOf(msgs: Buffer[], limit: number): Promise<Uint8Array[]> {
+  const cursor = new StreamCursor((async function* () { yield* msgs; })()[Symbol.asyncIterator](), limit);
+  const out: Uint8Array[] = [];
+  for (;;) {
+    const { batch, end } = await cursor.next();
+    out.push(batch);
+    if (end) return out;
+  }
+}
+
 /** Request `<case>`: what the server writes. */
 const cases: Record<string, (w: MessageWriter, call: grpc.ServerWritableStream<Buffer, Buffer>) => Promise<boolean[]>> = {
   // Sizes around the edges: empty, tiny, typical container, 1 MiB content piece.
@@ -43,6 +58,15 @@ const cases: Record<string, (w: MessageWriter, call: grpc.ServerWritableStream<B
     return out;
   },
   tooLarge: async (w) => [await w.write(message(0, 10)), await w.write(message(1, LIMIT + 1))],
+  // As the gateway relays a ListStream: bus batches re-framed, one write per run of frames.
+  framed: async (w) => {
+    const framer = new GrpcFramer(LIMIT);
+    const out: boolean[] = [];
+    for (const batch of await batchesOf(FRAMED, 64 * 1024)) {
+      for (const piece of framer.push(batch)) out.push(Buffer.isBuffer(piece) ? await w.writeFrames(piece) : await w.write(piece.oversize));
+    }
+    return out;
+  },
   // Written until the client goes away; the writer must report it, not hang or throw.
   endless: async (w) => {
     const out: boolean[] = [];
@@ -131,4 +155,46 @@ test('a client that cancels stops the writer', async () => {
   assert.equal(h.results.at(-1), false);
   assert.ok(h.results.length < 1_000_000);
   for (let i = 0; i < messages.length; i++) assert.equal(messages[i]!.readUInt32BE(0), i);
+});
+
+test('bus batches re-framed in place arrive as the messages they carry, then OK', async () => {
+  const { messages, status } = await call('framed');
+  assert.equal(status.code, grpc.status.OK);
+  assert.equal(messages.length, FRAMED.length);
+  for (let i = 0; i < FRAMED.length; i++) assert.ok(messages[i]!.equals(FRAMED[i]!), `message ${i}`);
+  const h = await handled('framed');
+  assert.equal(h.direct, true);
+  assert.ok(h.results.every((r) => r));
+});
+
+test('the framer: whole messages in place, cut ones joined, oversize ones handed back', async () => {
+  const msgs = [message(0, 10), message(1, 0), message(2, 250), message(3, 40), message(4, 600), message(5, 7)];
+  const framer = new GrpcFramer(500);
+  const frames: Buffer[] = [];
+  const oversize: Buffer[] = [];
+  const batches = await batchesOf(msgs, 128);
+  assert.ok(batches.length > 3, 'messages 2 and 4 span batches');
+  for (const batch of batches) {
+    for (const piece of framer.push(batch)) {
+      if (Buffer.isBuffer(piece)) frames.push(piece);
+      else oversize.push(piece.oversize);
+    }
+  }
+  assert.equal(framer.incomplete, false);
+  // Parse the gRPC frames back: u8 0 | u32 length | bytes.
+  const got: Buffer[] = [];
+  const all = Buffer.concat(frames);
+  for (let off = 0; off < all.length;) {
+    assert.equal(all[off], 0, 'uncompressed flag');
+    const n = all.readUInt32BE(off + 1);
+    got.push(all.subarray(off + 5, off + 5 + n));
+    off += 5 + n;
+  }
+  assert.deepEqual(got, [msgs[0], msgs[1], msgs[2], msgs[3], msgs[5]]);
+  assert.deepEqual(oversize, [msgs[4]]);
+  // A batch that ends inside a message leaves the framer incomplete.
+  const cut = await batchesOf([message(9, 300)], 128);
+  const f2 = new GrpcFramer(500);
+  f2.push(cut[0]!);
+  assert.equal(f2.incomplete, true);
 });
