@@ -3,12 +3,12 @@
 // replies, plain publish/subscribe for events.
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
-import { connect, headers as natsHeaders, ErrorCode, type NatsConnection, type MsgHdrs, type Service, type Subscription, NatsError } from 'nats';
+import { connect, headers as natsHeaders, ErrorCode, type NatsConnection, type Service, type Subscription, NatsError } from 'nats';
 import {
   ContainerdError, ErrorClass, classOf, errUnavailable, grpcCodeOf, isErrorClass, messageOf, withClass,
 } from '@flotilla/errdefs';
 import { SpanKind, extractTrace, injectTrace, otelContext, withSpan, type Carrier } from '@flotilla/telemetry';
-import { Header, type CallContext, contextFromHeaders, contextToHeaders, currentContext, runWithContext } from './context.js';
+import { Header, PlainHeaders, type CallContext, type HeaderMap, contextFromHeaders, contextToHeaders, currentContext, runWithContext, toNatsHeaders } from './context.js';
 import { DirectLink, DirectLinkError, DirectServer, type Incoming, type Reply } from './direct.js';
 import { BatchReader, StreamCursor } from './framing.js';
 import { instanceOfSubject, streamSubject } from './subjects.js';
@@ -64,7 +64,7 @@ const HEADROOM = 8 * 1024;
  */
 const FIRST_BATCH_DIRECT = 256 * 1024;
 
-const hdrCarrier = (h: MsgHdrs): Carrier => ({ get: (k) => h.get(k) || undefined, set: (k, v) => h.set(k, v) });
+const hdrCarrier = (h: HeaderMap): Carrier => ({ get: (k) => h.get(k) || undefined, set: (k, v) => h.set(k, v) });
 
 interface StreamSession {
   cursor: StreamCursor;
@@ -153,7 +153,7 @@ export class Bus {
 
   // ---- client side ----
 
-  private headersFor(ctx: CallContext): MsgHdrs {
+  private headersFor(ctx: CallContext): PlainHeaders {
     const h = contextToHeaders(ctx);
     injectTrace(hdrCarrier(h));
     if (this.direct) h.set(Header.DirectOk, '1');
@@ -173,7 +173,7 @@ export class Bus {
    * when it cannot be reached; else over NATS. Maps transport failures and error replies to
    * containerd errors.
    */
-  private async requestOnce(subject: string, data: Payload, h: MsgHdrs, ctx: CallContext): Promise<Reply> {
+  private async requestOnce(subject: string, data: Payload, h: PlainHeaders, ctx: CallContext): Promise<Reply> {
     const inst = this.links.size > 0 ? instanceOfSubject(subject) : undefined;
     const link = inst ? this.links.get(inst) : this.routes.get(subject);
     if (link && !link.unreachable) {
@@ -195,7 +195,7 @@ export class Bus {
     if (link && !inst) this.routes.delete(subject); // unreachable: learn again from NATS
     let msg: Reply;
     try {
-      msg = await this.nc.request(subject, isPieces(data) ? Buffer.concat(data) : data, { timeout: this.timeoutFor(ctx), headers: h });
+      msg = await this.nc.request(subject, isPieces(data) ? Buffer.concat(data) : data, { timeout: this.timeoutFor(ctx), headers: toNatsHeaders(h) });
     } catch (err) {
       if (err instanceof NatsError && err.code === ErrorCode.NoResponders) {
         throw errUnavailable(`${subject}: no service is answering`, { cause: err });
@@ -293,7 +293,7 @@ export class Bus {
   }
 
   publish(subject: string, data: Uint8Array, ctx: CallContext = currentContext()): void {
-    this.nc.publish(subject, data, { headers: this.headersFor(ctx) });
+    this.nc.publish(subject, data, { headers: toNatsHeaders(this.headersFor(ctx)) });
   }
 
   subscribe(subject: string, onMsg: (data: Uint8Array, ctx: CallContext, subject: string) => void): Subscription {

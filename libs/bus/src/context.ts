@@ -49,7 +49,40 @@ export function remainingMs(ctx: CallContext, fallback: number): number {
   return ctx.deadline === undefined ? fallback : Math.max(0, ctx.deadline - Date.now());
 }
 
-export function contextToHeaders(ctx: CallContext, h: MsgHdrs = natsHeaders()): MsgHdrs {
+/** The header operations flotilla uses: NATS's MsgHdrs has them, and so do PlainHeaders. */
+export interface HeaderMap {
+  /** The value, or "" when absent (as MsgHdrs answers). */
+  get(k: string): string;
+  set(k: string, v: string): void;
+  keys(): string[];
+}
+
+/**
+ * Headers as a plain object. Requests are built with these and cross a direct link as JSON
+ * of `values`; NATS's MsgHdrs (canonicalised keys, arrays of values) is made only for a
+ * request that goes through NATS. Keys are used exactly as given.
+ */
+export class PlainHeaders implements HeaderMap {
+  constructor(readonly values: Record<string, string> = {}) {}
+  get(k: string): string {
+    return this.values[k] ?? '';
+  }
+  set(k: string, v: string): void {
+    this.values[k] = v;
+  }
+  keys(): string[] {
+    return Object.keys(this.values);
+  }
+}
+
+/** The same headers as NATS's MsgHdrs. */
+export function toNatsHeaders(h: HeaderMap): MsgHdrs {
+  const out = natsHeaders();
+  for (const k of h.keys()) out.set(k, h.get(k));
+  return out;
+}
+
+export function contextToHeaders<H extends HeaderMap = PlainHeaders>(ctx: CallContext, h: H = new PlainHeaders() as HeaderMap as H): H {
   if (ctx.namespace) h.set(Header.Namespace, ctx.namespace);
   if (ctx.lease) h.set(Header.Lease, ctx.lease);
   if (ctx.deadline !== undefined) h.set(Header.Deadline, String(ctx.deadline));
@@ -57,7 +90,7 @@ export function contextToHeaders(ctx: CallContext, h: MsgHdrs = natsHeaders()): 
   return h;
 }
 
-export function contextFromHeaders(h: MsgHdrs | undefined): CallContext {
+export function contextFromHeaders(h: HeaderMap | undefined): CallContext {
   if (!h) return {};
   const ctx: CallContext = {};
   const ns = h.get(Header.Namespace);

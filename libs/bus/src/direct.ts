@@ -23,7 +23,8 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { headers as natsHeaders, type MsgHdrs } from 'nats';
+import type { MsgHdrs } from 'nats';
+import { PlainHeaders, type HeaderMap } from './context.js';
 
 /** What a handler needs of an incoming request; NATS's Msg has the same shape. */
 export interface Incoming {
@@ -31,7 +32,7 @@ export interface Incoming {
   /** Set when the request came over a direct link (NATS's Msg lacks it). */
   direct?: true;
   data: Uint8Array;
-  headers?: MsgHdrs;
+  headers?: HeaderMap;
   reply?: string;
   respond(data?: Uint8Array, opts?: { headers?: MsgHdrs }): boolean;
 }
@@ -39,21 +40,20 @@ export interface Incoming {
 /** A reply as the client reads it; NATS's Msg has the same shape. */
 export interface Reply {
   data: Uint8Array;
-  headers?: MsgHdrs;
+  headers?: HeaderMap;
 }
 
-function encodeHeaders(h: MsgHdrs | undefined): Buffer {
+function encodeHeaders(h: HeaderMap | undefined): Buffer {
   if (!h) return Buffer.alloc(0);
+  if (h instanceof PlainHeaders) return Buffer.from(JSON.stringify(h.values));
   const o: Record<string, string> = {};
   for (const k of h.keys()) o[k] = h.get(k);
   return Buffer.from(JSON.stringify(o));
 }
 
-function decodeHeaders(b: Buffer): MsgHdrs | undefined {
+function decodeHeaders(b: Buffer): PlainHeaders | undefined {
   if (b.length === 0) return undefined;
-  const h = natsHeaders();
-  for (const [k, v] of Object.entries(JSON.parse(b.toString('utf8')) as Record<string, string>)) h.set(k, v);
-  return h;
+  return new PlainHeaders(JSON.parse(b.toString('utf8')) as Record<string, string>);
 }
 
 /** Largest frame accepted: a batch plus generous room for headers; anything larger is a protocol error. */
@@ -291,7 +291,7 @@ export class DirectLink {
   }
 
   /** One request; rejects with DirectLinkError when the link fails, or `onTimeout()` after `timeoutMs`. */
-  async request(subject: string, data: Uint8Array | readonly Uint8Array[], h: MsgHdrs | undefined, timeoutMs: number, onTimeout: () => Error): Promise<Reply> {
+  async request(subject: string, data: Uint8Array | readonly Uint8Array[], h: HeaderMap | undefined, timeoutMs: number, onTimeout: () => Error): Promise<Reply> {
     const sock = await this.connect();
     const pieces = Array.isArray(data) ? (data as readonly Uint8Array[]) : [data as Uint8Array];
     const size = pieces.reduce((n, p) => n + p.byteLength, 0);
