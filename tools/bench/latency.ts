@@ -3,6 +3,7 @@
 // metadata service over NATS, (c) the same over the direct link it learns, (d) through the
 // gateway with a grpc-js client, and (e) the gateway's own Version (gRPC alone).
 //   node --import tsx tools/bench/latency.ts [N]      PROF_DIR=<dir> also profiles the apps
+// With (d), the CPU each of the gateway and the metadata service used per call.
 import { connect } from 'nats';
 import * as grpc from '@grpc/grpc-js';
 import fs from 'node:fs';
@@ -12,6 +13,14 @@ import { Bus } from '@flotilla/bus';
 import { startStack } from '@flotilla/testing';
 
 const N = Number(process.argv[2] ?? 300);
+/** CPU ms (user + system) a process has used so far. */
+function cpuMs(pid: number | undefined): number {
+  if (!pid) return 0;
+  const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10; // USER_HZ = 100
+}
+
 function stats(name: string, xs: number[]) {
   xs.sort((a, b) => a - b);
   console.log(name.padEnd(34), 'p50', xs[xs.length >> 1]!.toFixed(3), 'p10', xs[Math.floor(xs.length * 0.1)]!.toFixed(3), 'p90', xs[Math.floor(xs.length * 0.9)]!.toFixed(3), 'ms');
@@ -46,8 +55,12 @@ async function main() {
       client.makeUnaryRequest('/containerd.services.namespaces.v1.Namespaces/Get', (x: Buffer) => x, (x: Buffer) => x, req, md, (e) => (e ? rej(e) : res()));
     });
     const t3: number[] = [];
+    const pids = stack.supervisor.pids();
+    const cpu0 = [cpuMs(pids.gateway), cpuMs(pids.metadata)];
     for (let i = 0; i < N; i++) { const s = performance.now(); await call(); t3.push(performance.now() - s); }
     stats('grpc gateway namespaces.Get', t3);
+    const [g, m] = [cpuMs(pids.gateway) - cpu0[0]!, cpuMs(pids.metadata) - cpu0[1]!];
+    console.log(`  CPU per call: gateway ${(1000 * g / N).toFixed(0)} µs, metadata ${(1000 * m / N).toFixed(0)} µs`);
     const callV = () => new Promise<void>((res, rej) => {
       client.makeUnaryRequest('/containerd.services.version.v1.Version/Version', (x: Buffer) => x, (x: Buffer) => x, Buffer.alloc(0), new grpc.Metadata(), (e) => (e ? rej(e) : res()));
     });
