@@ -118,11 +118,22 @@ export class TasksRouter {
   async create(raw: Uint8Array, ctx: CallContext): Promise<Uint8Array> {
     const ns = namespaceRequired(ctx);
     const req = tapi.CreateTaskRequest.decode(raw);
-    const { container } = await this.containers.get({ id: req.containerId }, ctx);
-    if (!container) throw withClass(ErrorClass.NotFound, `container "${req.containerId}": not found`);
     const node = ctx.node;
+    // The container read and the placement (a durable commit) are independent: both run at
+    // once. Errors keep containerd's order (the container's before the task's), and a
+    // placement made for a container that turned out missing is taken back.
+    const [got, placed] = await Promise.allSettled([
+      this.containers.get({ id: req.containerId }, ctx),
+      node ? this.place(ns, req.containerId, node, ctx) : Promise.resolve(),
+    ]);
+    const container = got.status === 'fulfilled' ? got.value.container : undefined;
+    if (!container) {
+      if (node && placed.status === 'fulfilled') await this.forget(ns, req.containerId, node);
+      if (got.status === 'rejected') throw got.reason;
+      throw withClass(ErrorClass.NotFound, `container "${req.containerId}": not found`);
+    }
     if (!node) throw errFailedPrecondition('no node to run the task on: the call did not come through a gateway');
-    await this.place(ns, req.containerId, node, ctx);
+    if (placed.status === 'rejected') throw placed.reason;
     this.remember(ns, req.containerId, node);
     try {
       const msg = flotillaAgent.CreateRequest.encode({

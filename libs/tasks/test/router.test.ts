@@ -67,12 +67,13 @@ before(async () => {
   await fakes.addService({
     name: 'fake-metadata',
     version: '0.0.1',
-    description: 'containers.Get: every container exists',
+    description: 'containers.Get: every container exists but those named missing*',
     endpoints: [{
       method: 'Get',
       subject: serviceSubject('containers', 'Get'),
       unary: async (data) => {
         const { id } = capi.GetContainerRequest.decode(data);
+        if (id.startsWith('missing')) throw withClass(ErrorClass.NotFound, `container "${id}": not found`);
         return capi.GetContainerResponse.encode({ container: capi.Container.fromPartial({ id, spec: { typeUrl: 'types.containerd.io/opencontainers/runtime-spec/1/Spec', value: Buffer.from('{}') } }) }).finish();
       },
     }],
@@ -167,4 +168,34 @@ test('a /tasks/delete event makes a replica forget the node it remembered', asyn
   assert.equal((await get(r1, ns, 'y')).process!.pid, 202);
   assert.deepEqual(a.calls.slice(asked), [], 'node-a is not asked');
   await del(r1, ns, 'y');
+});
+
+test('create for a missing container fails with its NotFound and leaves no placement', async (t) => {
+  const ns = testNamespace(t.name);
+  const [r1] = routers as [TasksRouter];
+  const created = a.calls.filter((c) => c === 'Create').length;
+  await assert.rejects(create(r1, ns, 'missing-1', 'node-a'), { errorClass: ErrorClass.NotFound, message: 'container "missing-1": not found' });
+  assert.equal(await placement(ns, 'missing-1'), undefined);
+  assert.equal(a.calls.filter((c) => c === 'Create').length, created, 'no agent was asked to create');
+  // A stale placement (its task gone) taken over during the failed create goes too.
+  await sql`INSERT INTO tasks_placements (namespace, container_id, node) VALUES (${ns}, 'missing-2', 'node-b')`;
+  await assert.rejects(create(r1, ns, 'missing-2', 'node-a'), { errorClass: ErrorClass.NotFound, message: 'container "missing-2": not found' });
+  assert.equal(await placement(ns, 'missing-2'), undefined);
+  // The container's NotFound comes before the task's AlreadyExists, as in containerd; the
+  // live task's placement stays.
+  b.tasks.add(`${ns}/missing-3`);
+  await sql`INSERT INTO tasks_placements (namespace, container_id, node) VALUES (${ns}, 'missing-3', 'node-b')`;
+  await assert.rejects(create(r1, ns, 'missing-3', 'node-a'), { errorClass: ErrorClass.NotFound, message: 'container "missing-3": not found' });
+  assert.equal(await placement(ns, 'missing-3'), 'node-b');
+  b.tasks.delete(`${ns}/missing-3`);
+});
+
+test('create of a task that runs on another node is AlreadyExists and keeps that placement', async (t) => {
+  const ns = testNamespace(t.name);
+  const [r1, r2] = routers as [TasksRouter, TasksRouter];
+  await create(r1, ns, 'z', 'node-a');
+  await assert.rejects(create(r2, ns, 'z', 'node-b'), { errorClass: ErrorClass.AlreadyExists, message: 'task z: already exists' });
+  assert.equal(await placement(ns, 'z'), 'node-a');
+  assert.equal(b.tasks.has(`${ns}/z`), false);
+  await del(r1, ns, 'z');
 });
