@@ -19,6 +19,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { errInvalidArgument } from '@flotilla/errdefs';
+import type { Spawner } from './spawner.js';
 
 const execFileP = promisify(execFile);
 
@@ -93,7 +94,7 @@ function prepareBundlePermissions(dir: string, spec: Uint8Array): void {
 /**
  * FIFOs made ahead of need in one directory (on the bundles' filesystem, so a rename moves
  * one into a bundle). Node cannot mkfifo(2) itself, and spawning mkfifo for each task put
- * a process start (~10 ms) on every task create; the pool spawns one mkfifo for a batch,
+ * a process start (~10 ms) on every task create; the pool runs one mkfifo for a batch,
  * in the background, and falls back to a direct mkfifo when it is empty.
  */
 export class FifoPool {
@@ -101,7 +102,8 @@ export class FifoPool {
   private seq = 0;
   private refilling?: Promise<void>;
 
-  constructor(private readonly dir: string, private readonly batch = 16) {}
+  /** With a spawner, the batch's mkfifo runs without forking this process. */
+  constructor(private readonly dir: string, private readonly batch = 16, private readonly spawner?: Spawner) {}
 
   /** Empties the directory (FIFOs of an earlier life) and makes the first batch. */
   async start(): Promise<void> {
@@ -122,14 +124,25 @@ export class FifoPool {
         // e.g. the pool directory was removed under us: make one directly.
       }
     }
-    await execFileP('mkfifo', ['-m', '0700', dest]);
+    await this.mkfifo([dest]);
+  }
+
+  private async mkfifo(paths: string[]): Promise<void> {
+    const args = ['-m', '0700', ...paths];
+    if (!this.spawner) {
+      await execFileP('mkfifo', args);
+      return;
+    }
+    const r = await this.spawner.run('mkfifo', args, { timeoutMs: 10_000 });
+    if (r.error) throw r.error;
+    if (r.code !== 0) throw new Error(`mkfifo: ${r.stderr.trim()}: exit status ${r.code}`);
   }
 
   private refill(): Promise<void> {
     this.refilling ??= (async () => {
       const names = Array.from({ length: this.batch - this.ready.length }, () => path.join(this.dir, `f${++this.seq}`));
       try {
-        if (names.length) await execFileP('mkfifo', ['-m', '0700', ...names]);
+        if (names.length) await this.mkfifo(names);
         this.ready.push(...names);
       } catch {
         // Best effort: take() falls back to its own mkfifo.

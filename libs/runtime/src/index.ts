@@ -6,6 +6,9 @@ export { ShimManager, DEFAULT_RUNTIME } from './shim.js';
 export type { ShimManagerOptions, CreateTaskOptions, ExecOptions, ShimEvent, TaskExitInfo } from './shim.js';
 // Bundle helpers (layout on disk), for tools and tests that inspect or clean bundles.
 export { bundleAt, deleteBundle, unmountAll } from './bundle.js';
+// Runs short-lived programs through one long-lived shell instead of forking the agent.
+export { Spawner, shQuote } from './spawner.js';
+export type { RunOptions, RunResult } from './spawner.js';
 export type { Bundle } from './bundle.js';
 // A default Linux OCI spec as containerd's oci.GenerateSpec makes it.
 export { defaultSpec, defaultMounts, encodeSpec, OCI_SPEC_VERSION, DEFAULT_PATH_ENV } from './spec.js';

@@ -2,8 +2,7 @@
 // v2 does (bundle layout, arguments, environment, log FIFO, cleanup with `shim delete`),
 // drives it over ttrpc (containerd.task.v2.Task), and serves the ttrpc Events endpoint the
 // shims forward their task events to.
-import { spawn } from 'node:child_process';
-import { appendFileSync, createWriteStream, readFileSync } from 'node:fs';
+import { appendFileSync, createWriteStream, readFileSync, writeFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import type net from 'node:net';
 import path from 'node:path';
@@ -17,6 +16,7 @@ import {
 import { validateIdentifier } from '@flotilla/identifiers';
 import { TtrpcClient, TtrpcServer } from '@flotilla/ttrpc';
 import { type Bundle, FifoPool, bundleAt, createBundle, deleteBundle, openShimLog } from './bundle.js';
+import { Spawner } from './spawner.js';
 
 const TASK_SERVICE = 'containerd.task.v2.Task';
 const EVENTS_SERVICE = 'containerd.services.events.ttrpc.v1.Events';
@@ -125,11 +125,14 @@ export class ShimManager {
   private readonly log: (msg: string, fields?: Record<string, unknown>) => void;
   /** Log FIFOs for new bundles; in the state directory so a rename moves one into a bundle. */
   private readonly fifos: FifoPool;
+  /** Starts shim binaries and mkfifo without forking the agent. */
+  private readonly spawner: Spawner;
 
   constructor(private readonly opts: ShimManagerOptions) {
     this.workRoot = opts.runDir ? path.join(opts.runDir, 'work') : path.join(opts.stateDir, '.work');
     this.log = opts.log ?? defaultLog;
-    this.fifos = new FifoPool(path.join(opts.stateDir, '.fifos'));
+    this.spawner = new Spawner(opts.runDir ? path.join(opts.runDir, 'spawn') : path.join(opts.stateDir, '.spawn'));
+    this.fifos = new FifoPool(path.join(opts.stateDir, '.fifos'), 16, this.spawner);
   }
 
   /** Starts the events server; shims cannot start before it listens (they dial it at start). */
@@ -372,6 +375,7 @@ export class ShimManager {
       h.log?.destroy();
     }
     this.shims.clear();
+    this.spawner.close();
     await this.events.close();
   }
 
@@ -430,6 +434,10 @@ export class ShimManager {
   private async startShim(bundle: Bundle, binary: string, options: Any | undefined): Promise<ShimHandle> {
     const log = await openShimLog(bundle, this.fifos);
     try {
+      // Recorded for cleanup by a restarted agent, as containerd does for restore. Written
+      // before the start (a bundle without a shim is cleaned up the same way) and at once:
+      // a small file, cheaper than a trip through libuv's thread pool.
+      writeFileSync(path.join(bundle.path, 'shim-binary-path'), binary, { mode: 0o600 });
       const address = await this.runShim(binary, bundle, ['-id', bundle.id, 'start'], options ? Any.encode(options).finish() : undefined, START_TIMEOUT_MS)
         .then(({ code, stdout, stderr, error }) => {
           if (error) throw error;
@@ -437,8 +445,6 @@ export class ShimManager {
           if (code !== 0 || !stdout.trim()) throw new ContainerdError(ErrorClass.Unknown, `start failed: ${out}: exit status ${code}`);
           return stdout.trim();
         });
-      // Recorded for cleanup by a restarted agent, as containerd does for restore.
-      await fs.writeFile(path.join(bundle.path, 'shim-binary-path'), binary, { mode: 0o600 });
       const client = await TtrpcClient.connect(address);
       const h: ShimHandle = { bundle, binary, client, log, closing: false };
       this.drainLog(h);
@@ -449,38 +455,23 @@ export class ShimManager {
     }
   }
 
-  /** Runs the shim binary as containerd's shim.Command does: cwd, flags, env, own process group. */
-  private runShim(binary: string, bundle: Bundle, args: string[], stdin: Uint8Array | undefined, timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string; error?: Error }> {
+  /**
+   * Runs the shim binary as containerd's shim.Command does: cwd, flags, env, its own session.
+   * Through the spawner's shell, so the agent is not forked for it (see spawner.ts).
+   */
+  private async runShim(binary: string, bundle: Bundle, args: string[], stdin: Uint8Array | undefined, timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string; error?: Error }> {
     const argv = ['-namespace', bundle.namespace, '-address', this.opts.grpcAddress, '-publish-binary', this.opts.publishBinary ?? '/bin/false', ...args];
-    return new Promise((resolve) => {
-      const child = spawn(binary, argv, {
-        cwd: bundle.path,
-        env: { ...process.env, GOMAXPROCS: '2', TTRPC_ADDRESS: this.opts.eventsSocket },
-        stdio: ['pipe', 'pipe', 'pipe'],
-        detached: true,
-      });
-      const stdout: Buffer[] = [];
-      let stderr = '';
-      let settled = false;
-      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-      child.stdout.on('data', (d: Buffer) => stdout.push(d));
-      child.stderr.on('data', (d) => (stderr += d));
-      child.stdin.on('error', () => {}); // the shim may exit without reading its options
-      child.on('error', (err: NodeJS.ErrnoException) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        const error = err.code === 'ENOENT' ? errNotFound(`runtime binary not installed "${binary}"`) : err;
-        resolve({ code: null, stdout: '', stderr: '', error });
-      });
-      child.on('close', (code) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        resolve({ code, stdout: Buffer.concat(stdout).toString('latin1'), stderr });
-      });
-      child.stdin.end(stdin ? Buffer.from(stdin) : undefined);
+    const r = await this.spawner.run(binary, argv, {
+      cwd: bundle.path,
+      env: { GOMAXPROCS: '2', TTRPC_ADDRESS: this.opts.eventsSocket },
+      stdin,
+      timeoutMs,
     });
+    if (r.error) {
+      const error = r.error.code === 'ENOENT' ? errNotFound(`runtime binary not installed "${binary}"`) : r.error;
+      return { code: null, stdout: '', stderr: '', error };
+    }
+    return { code: r.code, stdout: r.stdout.toString('latin1'), stderr: r.stderr };
   }
 
   /**
