@@ -9,7 +9,7 @@
 // stdout and stderr to files) and answers `p N <pid>` when started and `x N <status>` when it
 // exited. The files live in `dir` and are removed once read.
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
-import { accessSync, constants as fsc, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants as fsc, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -36,6 +36,8 @@ export interface RunResult {
 interface Pending {
   bin: string;
   pid?: number;
+  /** Its timeout passed before its pid was known: killed as soon as it is. */
+  expired?: boolean;
   timer: NodeJS.Timeout;
   files: { in?: string; out: string; err: string };
   resolve: (r: RunResult) => void;
@@ -50,13 +52,33 @@ export function shQuote(s: string): string {
 }
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+let instances = 0;
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function kill(pid: number | undefined): void {
+  if (!pid) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // exited meanwhile
+  }
+}
 
 export class Spawner {
   private sh?: ChildProcessByStdio<Writable, Readable, null>;
   private readonly pending = new Map<number, Pending>();
   private seq = 0;
   private partial = '';
-  private ready = false;
+  /** This instance's files: <dir>/<pid>-<n>, so managers sharing `dir` never meet. */
+  private own?: string;
   /** Binaries found on PATH, by name (containerd's shim binary lookup caches the same way). */
   private readonly found = new Map<string, string>();
 
@@ -91,7 +113,7 @@ export class Spawner {
     const sh = this.shell();
     if (!sh) return this.direct(bin, args, o);
     const n = ++this.seq;
-    const base = path.join(this.dir, String(n));
+    const base = path.join(this.own!, String(n));
     const files = { in: o.stdin?.length ? `${base}.in` : undefined, out: `${base}.out`, err: `${base}.err` };
     try {
       if (files.in) writeFileSync(files.in, o.stdin!, { mode: 0o600 });
@@ -106,13 +128,9 @@ export class Spawner {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         const p = this.pending.get(n);
-        if (p?.pid) {
-          try {
-            process.kill(p.pid, 'SIGKILL');
-          } catch {
-            // exited meanwhile
-          }
-        }
+        if (!p) return;
+        p.expired = true;
+        kill(p.pid);
       }, o.timeoutMs);
       this.pending.set(n, { bin, timer, files, resolve });
       this.hold();
@@ -138,10 +156,16 @@ export class Spawner {
   private shell(): ChildProcessByStdio<Writable, Readable, null> | undefined {
     if (this.sh) return this.sh;
     try {
-      if (!this.ready) {
-        rmSync(this.dir, { recursive: true, force: true });
+      if (!this.own) {
         mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-        this.ready = true;
+        // Files left by processes that died with answers owed.
+        for (const e of readdirSync(this.dir)) {
+          const pid = Number(e.split('-')[0]);
+          if (!(pid > 0) || !alive(pid)) rmSync(path.join(this.dir, e), { recursive: true, force: true });
+        }
+        const own = path.join(this.dir, `${process.pid}-${++instances}`);
+        mkdirSync(own, { mode: 0o700 });
+        this.own = own;
       }
       // Its own session, as detached children of the agent had: signals to the agent's
       // process group do not reach the programs it starts.
@@ -176,7 +200,10 @@ export class Spawner {
       const n = Number(ns);
       const p = this.pending.get(n);
       if (!p) continue;
-      if (kind === 'p') p.pid = Number(v);
+      if (kind === 'p') {
+        p.pid = Number(v);
+        if (p.expired) kill(p.pid);
+      }
       else if (kind === 'x') {
         this.pending.delete(n);
         this.hold();
@@ -207,11 +234,16 @@ export class Spawner {
     return { code, stdout, stderr };
   }
 
-  /** Every request still waiting fails: the shell is gone, its answers with it. */
+  /**
+   * Every request still waiting fails: the shell is gone, its answers with it. Their
+   * programs are killed, as a spawned child is at its timeout: nobody would read their
+   * answer (a shim start's address) any more.
+   */
   private fail(why: string): void {
     for (const [n, p] of this.pending) {
       this.pending.delete(n);
       clearTimeout(p.timer);
+      kill(p.pid);
       const r = this.collect(p, -1);
       p.resolve({ ...r, code: null, error: Object.assign(new Error(why), { code: 'ECHILD' }) });
     }

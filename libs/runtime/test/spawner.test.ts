@@ -3,7 +3,7 @@
 // timeout, and are not children of this process.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,7 +36,9 @@ test('arguments, cwd, environment and stdin arrive as given; stdout, stderr and 
   assert.equal(r.code, 7);
   assert.equal(r.stdout.toString(), `${odd.join('|')}|\n${await fs.realpath(dir)}\nbar 'baz' $PATH\nfrom stdin\n`);
   assert.equal(r.stderr, 'oops\n');
-  assert.deepEqual(readdirSync(path.join(dir, 'spawn')), [], 'its files are removed');
+  const own = readdirSync(path.join(dir, 'spawn'));
+  assert.deepEqual(own, [`${process.pid}-1`]);
+  assert.deepEqual(readdirSync(path.join(dir, 'spawn', own[0]!)), [], 'its files are removed');
 });
 
 test('a program is started by the shell, not forked from this process', async () => {
@@ -82,4 +84,49 @@ test('shQuote survives sh', async () => {
   const s = `a'b"c$d\`e\\f`;
   const r = await sp.run('/bin/sh', ['-c', `printf %s ${shQuote(s)}`], { timeoutMs: 10_000 });
   assert.equal(r.stdout.toString(), s);
+});
+
+/** Our children whose command line contains `text`. */
+function childrenWith(text: string): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === process.pid && readFileSync(`/proc/${e}/cmdline`, 'latin1').includes(text)) out.push(Number(e));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+test('when the shell dies, waiting runs fail and their programs are killed; the next run starts a new shell', async () => {
+  const marker = path.join(dir, 'marker');
+  const waiting = sp.run('/bin/sh', ['-c', `sleep 0.3; touch ${marker}`], { timeoutMs: 10_000 });
+  await new Promise((r) => setTimeout(r, 100));
+  const shells = childrenWith('read -r line');
+  assert.equal(shells.length, 1, 'one shell');
+  process.kill(shells[0]!, 'SIGKILL');
+  const r = await waiting;
+  assert.equal(r.error?.message, 'spawner shell exited');
+  await new Promise((res) => setTimeout(res, 500));
+  await assert.rejects(fs.stat(marker), { code: 'ENOENT' }, 'the program was killed');
+  const again = await sp.run('/bin/sh', ['-c', 'echo again'], { timeoutMs: 10_000 });
+  assert.equal(again.stdout.toString(), 'again\n');
+  assert.equal(childrenWith('read -r line').length, 1);
+});
+
+test("a new spawner on the same directory removes dead processes' files, never a live one's", async () => {
+  const stale = path.join(dir, 'spawn', '999999999-1');
+  mkdirSync(stale);
+  const other = new Spawner(path.join(dir, 'spawn'));
+  try {
+    assert.equal((await other.run('true', [], { timeoutMs: 10_000 })).code, 0);
+    assert.deepEqual(readdirSync(path.join(dir, 'spawn')).sort(), [`${process.pid}-1`, `${process.pid}-2`]);
+    assert.equal((await sp.run('true', [], { timeoutMs: 10_000 })).code, 0, 'the first still works');
+  } finally {
+    other.close();
+  }
 });
