@@ -76,18 +76,21 @@ export class SnapshotService {
   }
 
   /**
-   * Runs `create` with snapshot `key` held by the caller's lease, if any: the lease is
-   * checked (and the resource recorded) first, so a missing lease creates nothing; a
-   * failed create releases it again.
+   * Runs `create` with snapshot `key` held by the caller's lease, if any. The resource is
+   * recorded while `create` prepares, and `create` writes nothing before that has
+   * succeeded (it awaits the promise it is given): a missing lease fails the call with its
+   * own error and creates nothing, as when it was recorded first. A failed create releases
+   * the resource again.
    */
-  private async leased<T>(ctx: CallContext, ns: string, snapshotter: string, key: string, create: () => Promise<T>): Promise<T> {
+  private async leased<T>(ctx: CallContext, ns: string, snapshotter: string, key: string, create: (leaseRecorded?: Promise<void>) => Promise<T>): Promise<T> {
     const lease = ctx.lease;
     if (!lease || !this.hooks.addLeaseResource) return create();
-    await this.hooks.addLeaseResource(ns, lease, snapshotter, key);
+    const recorded = this.hooks.addLeaseResource(ns, lease, snapshotter, key);
+    recorded.catch(() => {}); // create observes it
     try {
-      return await create();
+      return await create(recorded);
     } catch (err) {
-      await this.hooks.removeLeaseResource?.(ns, lease, snapshotter, key).catch(() => {});
+      if (await recorded.then(() => true, () => false)) await this.hooks.removeLeaseResource?.(ns, lease, snapshotter, key).catch(() => {});
       throw err;
     }
   }
@@ -95,7 +98,7 @@ export class SnapshotService {
   async prepare(req: sapi.PrepareSnapshotRequest, ctx: CallContext): Promise<sapi.PrepareSnapshotResponse> {
     const sn = this.pick(req.snapshotter);
     const ns = namespaceRequired(ctx);
-    const mounts = await this.leased(ctx, ns, sn.name, req.key, () => sn.prepare(ns, req.key, req.parent, req.labels));
+    const mounts = await this.leased(ctx, ns, sn.name, req.key, (recorded) => sn.prepare(ns, req.key, req.parent, req.labels, recorded));
     this.publish(ns, '/snapshot/prepare', 'containerd.events.SnapshotPrepare', evSnapshot.SnapshotPrepare, { key: req.key, parent: req.parent });
     return { mounts: toApiMounts(mounts) };
   }
@@ -103,7 +106,7 @@ export class SnapshotService {
   async view(req: sapi.ViewSnapshotRequest, ctx: CallContext): Promise<sapi.ViewSnapshotResponse> {
     const sn = this.pick(req.snapshotter);
     const ns = namespaceRequired(ctx);
-    return { mounts: toApiMounts(await this.leased(ctx, ns, sn.name, req.key, () => sn.view(ns, req.key, req.parent, req.labels))) };
+    return { mounts: toApiMounts(await this.leased(ctx, ns, sn.name, req.key, (recorded) => sn.view(ns, req.key, req.parent, req.labels, recorded))) };
   }
 
   async mounts(req: sapi.MountsRequest, ctx: CallContext): Promise<sapi.MountsResponse> {
@@ -115,7 +118,10 @@ export class SnapshotService {
   async commit(req: sapi.CommitSnapshotRequest, ctx: CallContext): Promise<Record<string, never>> {
     const sn = this.pick(req.snapshotter);
     const ns = namespaceRequired(ctx);
-    await this.leased(ctx, ns, sn.name, req.name, () => sn.commit(ns, req.name, req.key, req.labels));
+    await this.leased(ctx, ns, sn.name, req.name, async (recorded) => {
+      await recorded;
+      return sn.commit(ns, req.name, req.key, req.labels);
+    });
     if (ctx.lease) await this.hooks.removeLeaseResource?.(ns, ctx.lease, sn.name, req.key).catch(() => {});
     this.publish(ns, '/snapshot/commit', 'containerd.events.SnapshotCommit', evSnapshot.SnapshotCommit, { key: req.key, name: req.name });
     return {};

@@ -5,7 +5,7 @@
 // (snapshots/overlay, snapshots/native over snapshots/storage): mounts, kinds, parent
 // rules and error classes follow containerd 1.6.
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import fsSync, { existsSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -252,7 +252,12 @@ export class Snapshotter {
     return [{ type: 'overlay', source: 'overlay', target: '', options }];
   }
 
-  private async create(kind: 'active' | 'view', ns: string, key: string, parent: string, labels: Record<string, string>): Promise<Mount[]> {
+  /**
+   * `before`, when given, must resolve before the row is written (the caller's lease
+   * recording, running meanwhile); its failure is this call's, reported before any of
+   * the snapshot's own errors, and leaves nothing behind.
+   */
+  private async create(kind: 'active' | 'view', ns: string, key: string, parent: string, labels: Record<string, string>, before?: Promise<void>): Promise<Mount[]> {
     if (!ns) throw errInvalidArgument('namespace must not be empty');
     if (!key) throw errInvalidArgument('snapshot key must not be empty');
     labels = cleanLabels(labels);
@@ -260,17 +265,19 @@ export class Snapshotter {
     await this.init();
 
     // The directory is built under a temp name and renamed to the id inside the transaction
-    // that records it; a crash in between leaves a directory cleanup() removes.
+    // that records it; a crash in between leaves a directory cleanup() removes. These few
+    // metadata calls are synchronous: each costs less than a trip through the thread pool.
     const needsDir = this.name === 'overlayfs' || kind === 'active' || !parent;
-    const td = needsDir ? await fs.mkdtemp(path.join(this.root, 'snapshots', 'new-')) : undefined;
+    let td: string | undefined;
     let renamedTo: string | undefined;
     try {
-      if (td) {
-        await fs.chmod(td, this.name === 'native' ? 0o755 : 0o700);
+      if (needsDir) {
+        td = fsSync.mkdtempSync(path.join(this.root, 'snapshots', 'new-'));
+        fsSync.chmodSync(td, this.name === 'native' ? 0o755 : 0o700);
         if (this.name === 'overlayfs') {
-          await fs.mkdir(path.join(td, 'fs'), { mode: 0o755 });
-          await fs.chmod(path.join(td, 'fs'), 0o755);
-          if (kind === 'active') await fs.mkdir(path.join(td, 'work'), { mode: 0o711 });
+          fsSync.mkdirSync(path.join(td, 'fs'), { mode: 0o755 });
+          fsSync.chmodSync(path.join(td, 'fs'), 0o755);
+          if (kind === 'active') fsSync.mkdirSync(path.join(td, 'work'), { mode: 0o711 });
         }
       }
       return (await this.sql.begin(async (tx) => {
@@ -279,6 +286,7 @@ export class Snapshotter {
         // a target or key row found is an error, which ends the transaction at once.
         const target = labels[LABEL_SNAPSHOT_REF];
         const rows = await this.findAll(tx, ns, [...new Set([key, ...(target ? [target] : []), ...(parent ? [parent] : [])])], 'share', true);
+        await before;
         const byKey = (k: string) => rows.find((r) => r.key === k);
         // containerd's order of checks: the target reference, the key, then the parent.
         if (target && byKey(target)) throw errAlreadyExists(`target snapshot ${JSON.stringify(target)}`);
@@ -298,33 +306,36 @@ export class Snapshotter {
         if (td) {
           if (parentIds.length > 0 && this.name === 'overlayfs') {
             // The upper dir takes the owner of the nearest parent's root, as containerd does.
-            const st = await fs.stat(this.upper(parentIds[0]!));
-            await fs.lchown(path.join(td, 'fs'), st.uid, st.gid);
+            const st = fsSync.statSync(this.upper(parentIds[0]!));
+            fsSync.lchownSync(path.join(td, 'fs'), st.uid, st.gid);
           }
           if (parentIds.length > 0 && this.name === 'native') {
             // A full copy: owners, modes, times, links, devices and xattrs (best effort).
             await execFileP('cp', ['-a', '--', `${this.dir(parentIds[0]!)}/.`, td]);
           }
-          await fs.rename(td, this.dir(id));
+          fsSync.renameSync(td, this.dir(id));
           renamedTo = this.dir(id);
         }
         return this.mountsOf(id, kind, parentIds);
       })) as Mount[];
     } catch (err) {
+      // A failure of `before` comes first, as when the lease was recorded before anything.
+      const failed = before ? await before.then(() => undefined, (e: unknown) => ({ e })) : undefined;
       if (td) await fs.rm(renamedTo ?? td, { recursive: true, force: true });
+      if (failed) throw failed.e;
       if (sqlState(err) === UNIQUE_VIOLATION) throw errAlreadyExists(`snapshot ${JSON.stringify(key)}`, { cause: err });
       throw err;
     }
   }
 
   /** An active (writable) snapshot `key` on `parent` (a committed key, or "" for none). */
-  prepare(ns: string, key: string, parent = '', labels: Record<string, string> = {}): Promise<Mount[]> {
-    return this.create('active', ns, key, parent, labels);
+  prepare(ns: string, key: string, parent = '', labels: Record<string, string> = {}, before?: Promise<void>): Promise<Mount[]> {
+    return this.create('active', ns, key, parent, labels, before);
   }
 
   /** A read-only view `key` of `parent`; it cannot be committed. */
-  view(ns: string, key: string, parent = '', labels: Record<string, string> = {}): Promise<Mount[]> {
-    return this.create('view', ns, key, parent, labels);
+  view(ns: string, key: string, parent = '', labels: Record<string, string> = {}, before?: Promise<void>): Promise<Mount[]> {
+    return this.create('view', ns, key, parent, labels, before);
   }
 
   /** The mounts of an active snapshot or a view (FailedPrecondition for a committed one). */
