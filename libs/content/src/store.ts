@@ -142,6 +142,8 @@ function infoFilter(info: Info) {
 }
 
 class Lock {
+  /** Set once its writer is closing: the ref is free as soon as this settles. */
+  closing?: Promise<unknown>;
   constructor(readonly since: number, public release: () => void = () => {}) {}
 }
 
@@ -295,6 +297,13 @@ export class ContentStore {
         };
         this.locks.set(key, l);
         return l;
+      }
+      if (held.closing) {
+        // Its client has ended that writer: the ref is free once its close (a backend flush)
+        // finishes, however long that takes; not a try of the ten.
+        await held.closing.catch(() => {});
+        n--;
+        continue;
       }
       if (n >= LOCK_TRIES - 1) {
         throw errUnavailable(`ref ${ref} locked for ${Date.now() - held.since}ms (since ${new Date(held.since).toISOString()})`);
@@ -485,12 +494,16 @@ export class NamespacedWriter implements Writer {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    try {
-      await this.inner?.close();
-    } finally {
-      this.store.forget(this.key, this);
-      this.lock.release();
-    }
+    const done = (async () => {
+      try {
+        await this.inner?.close();
+      } finally {
+        this.store.forget(this.key, this);
+        this.lock.release();
+      }
+    })();
+    this.lock.closing = done;
+    await done;
   }
 
   /** @internal The ingest was aborted under this writer. */
