@@ -51,6 +51,20 @@ function call<Req, Res>(method: string, reqType: MessageType<Req>, resType: Mess
   );
 }
 
+/** The namespace's containers as ListStream sends them. */
+function listStream(ns: string): Promise<capi.Container[]> {
+  const md = new grpc.Metadata();
+  md.set('containerd-namespace', ns);
+  const data = Buffer.from(capi.ListContainersRequest.encode({ filters: [] }).finish());
+  const call = client.makeServerStreamRequest('/containerd.services.containers.v1.Containers/ListStream', (b: Buffer) => b, (b: Buffer) => b, data, md);
+  const out: capi.Container[] = [];
+  return new Promise((resolve, reject) => {
+    call.on('data', (b: Buffer) => out.push(capi.ListContainerMessage.decode(b).container!));
+    call.on('error', reject);
+    call.on('end', () => resolve(out));
+  });
+}
+
 const C = capi;
 const spec = { typeUrl: 'types.containerd.io/opencontainers/runtime-spec/1/Spec', value: Buffer.from('{"ociVersion":"1.0.2"}') };
 const ext = (s: string) => ({ typeUrl: 'example.com/Ext', value: Buffer.from(s) });
@@ -113,11 +127,25 @@ test('update masks, extensions, spec and errors as containerd', async (t) => {
   };
   const created = (await call('Create', C.CreateContainerRequest, C.CreateContainerResponse, { container: base }, ns)).container!;
   assert.ok(created.createdAt && created.updatedAt);
+  assert.deepEqual(created.createdAt, created.updatedAt);
+  assert.deepEqual((await call('Get', C.GetContainerRequest, C.GetContainerResponse, { id: 'u1' }, ns)).container, created);
   await assert.rejects(call('Create', C.CreateContainerRequest, C.CreateContainerResponse, { container: base }, ns), (e: grpc.ServiceError) =>
     e.code === grpc.status.ALREADY_EXISTS && /container "u1": already exists/.test(e.details));
 
-  const update = (c: Partial<capi.Container>, paths: string[]) =>
-    call('Update', C.UpdateContainerRequest, C.UpdateContainerResponse, { container: { ...base, ...c }, updateMask: paths }, ns).then((r) => r.container!);
+  // What Update answers is what Get, List and ListStream give from then on (they send the
+  // container as stored with the update); created_at stays, updated_at moves.
+  let last = created;
+  const update = async (c: Partial<capi.Container>, paths: string[]) => {
+    await new Promise((r) => setTimeout(r, 2));
+    const u = (await call('Update', C.UpdateContainerRequest, C.UpdateContainerResponse, { container: { ...base, ...c }, updateMask: paths }, ns)).container!;
+    assert.deepEqual((await call('Get', C.GetContainerRequest, C.GetContainerResponse, { id: 'u1' }, ns)).container, u);
+    assert.deepEqual((await call('List', C.ListContainersRequest, C.ListContainersResponse, {}, ns)).containers, [u]);
+    assert.deepEqual(await listStream(ns), [u]);
+    assert.deepEqual(u.createdAt, created.createdAt);
+    assert.ok(u.updatedAt!.seconds * 1e9 + u.updatedAt!.nanos > last.updatedAt!.seconds * 1e9 + last.updatedAt!.nanos);
+    last = u;
+    return u;
+  };
 
   // One label set, one removed, one extension replaced; nothing else changes.
   let u = await update({ labels: { a: 'x' }, extensions: { e1: ext('uno'), e2: ext('two') }, image: 'other' }, ['labels.a', 'labels.b', 'extensions.e2']);

@@ -18,6 +18,9 @@ void runApp('metadata', async ({ cfg, bus, log }) => {
   const sql = connectDb(cfg.databaseUrl, { appName: 'flotilla-metadata' });
   await migrate(sql, 'metadata', metadataMigrations);
   const store = new MetadataStore(sql, (ns, topic, typeUrl, type, ev) => publishEvent(bus, ns, topic, typeUrl, type as any, ev));
+  // Containers stored before their messages were: encoded once, before serving.
+  const encoded = await store.containerEncodeMissing();
+  if (encoded) log(`stored the messages of ${encoded} containers`);
   const empty = {};
 
   // Removal is the owners' job: content through the content service, snapshots through
@@ -62,9 +65,10 @@ void runApp('metadata', async ({ cfg, bus, log }) => {
         delete: async (req) => (await store.namespaceDelete(req.name), empty),
       }),
       ...endpointsFor(capi.ContainersDefinition, (m) => serviceSubject('containers', m), {
-        get: async (req, ctx) => ({ container: await store.containerGet(ctx, req.id) }),
-        // Both answers built from the stored bytes: a ListContainersResponse is its
-        // containers each as field 1; a ListContainerMessage is one of them.
+        // Answers are the stored messages (each a Container as field 1): a Get, Create or
+        // Update response is one; a ListContainersResponse all of them concatenated, a
+        // ListContainerMessage one of them.
+        get: (req, ctx) => store.containerGetEncoded(ctx, req.id),
         list: async (req, ctx) => {
           const out: Buffer[] = [];
           for await (const page of store.containerListEncoded(ctx, req.filters)) out.push(...page);
@@ -75,11 +79,11 @@ void runApp('metadata', async ({ cfg, bus, log }) => {
         },
         create: async (req, ctx) => {
           if (!req.container) throw errInvalidArgument('container must be set');
-          return { container: await store.containerCreate(ctx, req.container) };
+          return (await store.containerCreate(ctx, req.container)).encoded;
         },
         update: async (req, ctx) => {
           if (!req.container) throw errInvalidArgument('container must be set');
-          return { container: await store.containerUpdate(ctx, req.container, req.updateMask ?? []) };
+          return (await store.containerUpdate(ctx, req.container, req.updateMask ?? [])).encoded;
         },
         delete: async (req, ctx) => (await store.containerDelete(ctx, req.id), empty),
       }),

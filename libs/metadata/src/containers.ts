@@ -161,24 +161,52 @@ export function asField(n: number, msg: Uint8Array): Buffer {
 /** Rows per page of a list: ~3 MB with containerd's default spec. */
 const PAGE = 1000;
 
-/** The columns `binaryRow` reads, in its order. */
-const BINARY_COLUMNS = 'id, labels::text, image, runtime_name, runtime_options, spec, snapshotter, snapshot_key, extensions, created_at, updated_at';
+/**
+ * The columns a row is encoded from when it has no stored message (see `message` in
+ * store.ts), in `legacyRow`'s order. Selected only for such rows, so a list of rows that
+ * have one reads just their ids and messages.
+ */
+const COLUMNS = ['labels::text', 'image', 'runtime_name', 'runtime_options', 'spec', 'snapshotter', 'snapshot_key', 'extensions', 'created_at', 'updated_at'];
+/** What filters look at (labels, image, runtime name): the first three of COLUMNS. */
+const FILTERED = 3;
 
-/** A row read in binary format as the row Postgres.js gives (timestamps as milliseconds, as its Dates have). */
-function binaryRow(f: BinaryRow): any {
+/** A list page's select: `id, message, COLUMNS...`, COLUMNS NULL where the message is stored, unless filters need them. */
+function listSelect(filtering: boolean): string {
+  const cols = COLUMNS.map((c, i) => (filtering && i < FILTERED ? c : `CASE WHEN message IS NULL THEN ${c} END`));
+  return `SELECT id, message, ${cols.join(', ')} FROM metadata_containers`;
+}
+
+/** A row without a stored message, read in binary format, as the row Postgres.js gives (timestamps as milliseconds, as its Dates have). */
+function legacyRow(f: BinaryRow): any {
   return {
     id: f[0]!.toString('utf8'),
-    labels: JSON.parse(f[1]!.toString('utf8')),
-    image: f[2]!.toString('utf8'),
-    runtime_name: f[3]!.toString('utf8'),
-    runtime_options: f[4],
-    spec: f[5],
-    snapshotter: f[6]!.toString('utf8'),
-    snapshot_key: f[7]!.toString('utf8'),
-    extensions: f[8],
-    created_at: timestamptzMs(f[9]!),
-    updated_at: timestamptzMs(f[10]!),
+    labels: JSON.parse(f[2]!.toString('utf8')),
+    image: f[3]!.toString('utf8'),
+    runtime_name: f[4]!.toString('utf8'),
+    runtime_options: f[5],
+    spec: f[6],
+    snapshotter: f[7]!.toString('utf8'),
+    snapshot_key: f[8]!.toString('utf8'),
+    extensions: f[9],
+    created_at: timestamptzMs(f[10]!),
+    updated_at: timestamptzMs(f[11]!),
   };
+}
+
+/** The filter view of a row read with filter columns. */
+function filterView(f: BinaryRow): capi.Container {
+  return rowView({ id: f[0]!.toString('utf8'), labels: JSON.parse(f[2]!.toString('utf8')), image: f[3]!.toString('utf8'), runtime_name: f[4]!.toString('utf8') });
+}
+
+/**
+ * Labels in the order the jsonb column gives them back (PostgreSQL sorts an object's keys
+ * by byte length, then bytewise), as an object built like JSON.parse builds one, so a
+ * message encoded from them is byte for byte the one encoded from the row read back.
+ */
+function jsonbOrdered(labels: Record<string, string>): Record<string, string> {
+  const keys = Object.keys(labels).map((k) => ({ k, b: Buffer.from(k, 'utf8') }));
+  keys.sort((x, y) => x.b.length - y.b.length || Buffer.compare(x.b, y.b));
+  return Object.fromEntries(keys.map(({ k }) => [k, labels[k]!]));
 }
 
 /** What filters look at: no spec, no extensions. */
@@ -245,68 +273,126 @@ export class ContainerStore {
     return rowToContainer(rows[0]);
   }
 
-  /** The namespace's containers matching any of `filters`, by id, in pages. */
+  /**
+   * As a GetContainerResponse (the Container as field 1), from the stored message when the
+   * row has one.
+   */
+  async getEncoded(ctx: CallContext, id: string): Promise<Buffer> {
+    const ns = namespaceRequired(ctx);
+    const [row] = await this.sql`SELECT message FROM metadata_containers WHERE namespace = ${ns} AND id = ${id}`;
+    if (!row) throw errNotFound(`container "${id}" in namespace "${ns}"`);
+    if (row.message) return row.message as Buffer;
+    return rowToContainerBytes(await this.row(ns, id), true);
+  }
+
+  private async row(ns: string, id: string): Promise<any> {
+    const [row] = await this.sql`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id = ${id}`;
+    if (!row) throw errNotFound(`container "${id}" in namespace "${ns}"`);
+    return row;
+  }
+
+  /**
+   * The namespace's containers matching any of `filters`, by id, in pages, decoded from
+   * the columns (not the stored messages; tests compare the two).
+   */
   async *list(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<capi.Container[]> {
-    for await (const rows of this.rows(ctx, filters)) yield rows.map(rowToContainer);
-  }
-
-  /**
-   * As `list`, each container already encoded (see rowToContainerBytes) as field 1 of its
-   * enclosing message: one is a ListContainerMessage, all concatenated a ListContainersResponse.
-   */
-  async *listEncoded(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<Buffer[]> {
-    for await (const rows of this.rows(ctx, filters, true)) yield rows.map((r) => rowToContainerBytes(r, true));
-  }
-
-  /**
-   * The namespace's rows matching any of `filters`, by id, in pages. `binary`: read in
-   * PostgreSQL's binary format (see @flotilla/db selectBinary), bytea fields as views.
-   */
-  private async *rows(ctx: CallContext, filters: readonly string[], binary = false): AsyncGenerator<any[]> {
     const ns = namespaceRequired(ctx);
     const filter = parseFilters(filters);
     let after = '';
     for (;;) {
-      const rows = binary
-        ? (await selectBinary(this.sql, `SELECT ${BINARY_COLUMNS} FROM metadata_containers
-            WHERE namespace = ${literal(ns)} AND id > ${literal(after)} ORDER BY id LIMIT ${PAGE}`)).map(binaryRow)
-        : await this.sql`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id > ${after} ORDER BY id LIMIT ${PAGE}`;
+      const rows = await this.sql`SELECT * FROM metadata_containers WHERE namespace = ${ns} AND id > ${after} ORDER BY id LIMIT ${PAGE}`;
       if (rows.length === 0) return;
       const page = rows.filter((r) => filter.match((p) => fieldOf(rowView(r), p)));
-      if (page.length) yield page;
+      if (page.length) yield page.map(rowToContainer);
       after = rows[rows.length - 1]!.id;
     }
   }
 
-  async create(ctx: CallContext, c: capi.Container): Promise<capi.Container> {
+  /**
+   * As `list`, each container encoded as field 1 of its enclosing message: one is a
+   * ListContainerMessage, all concatenated a ListContainersResponse. A row's stored message
+   * is passed on as read (a view into the COPY data: nothing decoded, encoded or copied);
+   * a row without one is encoded from its columns.
+   */
+  async *listEncoded(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<Buffer[]> {
+    const ns = namespaceRequired(ctx);
+    const filter = parseFilters(filters);
+    const select = listSelect(filters.length > 0);
+    let after = '';
+    for (;;) {
+      const rows = await selectBinary(this.sql, `${select} WHERE namespace = ${literal(ns)} AND id > ${literal(after)} ORDER BY id LIMIT ${PAGE}`);
+      if (rows.length === 0) return;
+      const page: Buffer[] = [];
+      for (const f of rows) {
+        if (filters.length && !filter.match((p) => fieldOf(filterView(f), p))) continue;
+        page.push(f[1] ?? rowToContainerBytes(legacyRow(f), true));
+      }
+      if (page.length) yield page;
+      after = rows[rows.length - 1]![0]!.toString('utf8');
+    }
+  }
+
+  /**
+   * Stores the message of every row that has none (rows written before the column existed,
+   * or by an older replica, or whose message an update without one dropped): run at start-up.
+   * A row changed meanwhile (its xmin moved) is left for the next run. Returns how many were stored.
+   */
+  async encodeMissing(): Promise<number> {
+    let done = 0;
+    let after = { namespace: '', id: '' };
+    for (;;) {
+      const rows = await this.sql`SELECT xmin::text AS row_version, * FROM metadata_containers
+        WHERE message IS NULL AND (namespace, id) > (${after.namespace}, ${after.id}) ORDER BY namespace, id LIMIT ${PAGE}`;
+      if (rows.length === 0) return done;
+      await this.sql.begin(async (tx) => {
+        // The timestamps as read (milliseconds, what clients were shown of them) go back
+        // with the message, so the columns hold exactly what it holds.
+        const updated = await Promise.all(rows.map((r) => tx`UPDATE metadata_containers
+          SET message = ${rowToContainerBytes(r, true)}, created_at = ${r.created_at}, updated_at = ${r.updated_at}
+          WHERE namespace = ${r.namespace} AND id = ${r.id} AND message IS NULL AND xmin::text = ${r.row_version} RETURNING 1`));
+        done += updated.filter((u) => u.length).length;
+      });
+      const last = rows[rows.length - 1]!;
+      after = { namespace: last.namespace, id: last.id };
+    }
+  }
+
+  /** Creates the container; returns it and its message (as field 1, the CreateContainerResponse). */
+  async create(ctx: CallContext, c: capi.Container): Promise<{ container: capi.Container; encoded: Buffer }> {
     const ns = namespaceRequired(ctx);
     validated('create container failed validation', c);
-    const labels = dropEmpty(c.labels ?? {}, (v) => v === '');
-    let row;
+    // The timestamps are this process's clock at millisecond precision (what a column read
+    // back gives), so the columns and the stored message hold the same instant.
+    const now = new Date();
+    const row = {
+      id: c.id, labels: jsonbOrdered(dropEmpty(c.labels ?? {}, (v) => v === '')), image: c.image, runtime_name: c.runtime!.name,
+      runtime_options: encAny(c.runtime!.options), spec: encAny(c.spec), snapshotter: c.snapshotter, snapshot_key: c.snapshotKey,
+      extensions: encExtensions(c.extensions), created_at: now, updated_at: now,
+    };
+    const encoded = rowToContainerBytes(row, true);
     try {
       await this.sql`INSERT INTO metadata_namespaces (name) VALUES (${ns}) ON CONFLICT DO NOTHING`;
-      [row] = await this.sql`INSERT INTO metadata_containers
-        (namespace, id, labels, image, runtime_name, runtime_options, spec, snapshotter, snapshot_key, extensions)
-        VALUES (${ns}, ${c.id}, ${this.sql.json(labels)}, ${c.image}, ${c.runtime!.name}, ${encAny(c.runtime!.options)},
-                ${encAny(c.spec)}, ${c.snapshotter}, ${c.snapshotKey}, ${encExtensions(c.extensions)})
-        RETURNING *`;
+      await this.sql`INSERT INTO metadata_containers
+        (namespace, id, labels, image, runtime_name, runtime_options, spec, snapshotter, snapshot_key, extensions, created_at, updated_at, message)
+        VALUES (${ns}, ${row.id}, ${this.sql.json(row.labels)}, ${row.image}, ${row.runtime_name}, ${row.runtime_options},
+                ${row.spec}, ${row.snapshotter}, ${row.snapshot_key}, ${row.extensions}, ${now}, ${now}, ${encoded})`;
     } catch (err) {
       if (sqlState(err) === UNIQUE_VIOLATION) throw errAlreadyExists(`container "${c.id}"`);
       throw err;
     }
-    const out = rowToContainer(row);
     this.publish(ns, '/containers/create', 'containerd.events.ContainerCreate', evContainer.ContainerCreate, {
       id: c.id, image: c.image, runtime: { name: c.runtime!.name, options: c.runtime!.options },
     });
-    return out;
+    return { container: rowToContainer(row), encoded };
   }
 
   /**
    * containerd's Update: without paths, labels, spec, extensions, image and snapshotkey are
    * replaced and the snapshotter and runtime must be unchanged; with paths, only those
-   * (labels.<k> and extensions.<k> set or, when empty, remove one key).
+   * (labels.<k> and extensions.<k> set or, when empty, remove one key). Returns it and its
+   * message (as field 1, the UpdateContainerResponse).
    */
-  async update(ctx: CallContext, c: capi.Container, paths: readonly string[]): Promise<capi.Container> {
+  async update(ctx: CallContext, c: capi.Container, paths: readonly string[]): Promise<{ container: capi.Container; encoded: Buffer }> {
     const ns = namespaceRequired(ctx);
     if (!c.id) throw errInvalidArgument('must specify a container id');
     const out = await this.sql.begin(async (tx) => {
@@ -316,7 +402,8 @@ export class ContainerStore {
         if (!(await this.hasAny(ns))) throw errNotFound(`cannot update container "${c.id}" in namespace "${ns}"`);
         throw errNotFound(`container "${c.id}"`);
       }
-      const next = rowToContainer(rows[0]);
+      const cur: any = rows[0]!;
+      const next = rowToContainer(cur);
       let fields = [...paths];
       if (fields.length === 0) {
         fields = ['labels', 'spec', 'extensions', 'image', 'snapshotkey'];
@@ -341,14 +428,22 @@ export class ContainerStore {
         else throw errInvalidArgument(`cannot update ${JSON.stringify(p)} field on ${JSON.stringify(c.id)}`);
       }
       validated('update failed validation', next);
-      next.labels = dropEmpty(next.labels, (v) => v === '');
-      const [row] = await tx`UPDATE metadata_containers SET labels = ${tx.json(next.labels)}, image = ${next.image},
-        spec = ${encAny(next.spec)}, snapshot_key = ${next.snapshotKey}, extensions = ${encExtensions(next.extensions)}, updated_at = now()
-        WHERE namespace = ${ns} AND id = ${c.id} RETURNING *`;
-      return rowToContainer(row);
+      const now = new Date();
+      // Runtime and snapshotter cannot change. created_at as read, in milliseconds (what
+      // clients were shown of it), is written back with the message.
+      const row = {
+        ...cur, labels: jsonbOrdered(dropEmpty(next.labels, (v) => v === '')), image: next.image, spec: encAny(next.spec),
+        snapshot_key: next.snapshotKey, extensions: encExtensions(next.extensions), updated_at: now,
+      };
+      const encoded = rowToContainerBytes(row, true);
+      await tx`UPDATE metadata_containers SET labels = ${tx.json(row.labels)}, image = ${row.image}, spec = ${row.spec},
+        snapshot_key = ${row.snapshot_key}, extensions = ${row.extensions}, created_at = ${row.created_at}, updated_at = ${now},
+        message = ${encoded}
+        WHERE namespace = ${ns} AND id = ${c.id}`;
+      return { container: rowToContainer(row), encoded };
     });
     this.publish(ns, '/containers/update', 'containerd.events.ContainerUpdate', evContainer.ContainerUpdate, {
-      id: out.id, image: out.image, labels: out.labels, snapshotKey: out.snapshotKey,
+      id: out.container.id, image: out.container.image, labels: out.container.labels, snapshotKey: out.container.snapshotKey,
     });
     return out;
   }

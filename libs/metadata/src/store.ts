@@ -40,6 +40,21 @@ export const metadataMigrations = [
      id text NOT NULL,
      PRIMARY KEY (namespace, lease, type, id),
      FOREIGN KEY (namespace, lease) REFERENCES metadata_leases (namespace, id) ON DELETE CASCADE)`,
+  // Each container's Container message, encoded as field 1 of its enclosing message (byte
+  // for byte a GetContainerResponse, Create/UpdateContainerResponse or ListContainerMessage),
+  // written with the columns it is encoded from, so Get and List send it as stored. NULL
+  // where not yet written (rows from before this column; the service fills them in at
+  // start-up): readers then encode the row from its columns.
+  `ALTER TABLE metadata_containers ADD COLUMN message bytea`,
+  // An update that changes the row but not its message (an older replica, a hand edit)
+  // drops the message, so a stored message never disagrees with the columns.
+  `CREATE FUNCTION metadata_containers_drop_message() RETURNS trigger LANGUAGE plpgsql AS $$
+   BEGIN
+     IF NEW.message IS NOT DISTINCT FROM OLD.message AND NEW IS DISTINCT FROM OLD THEN NEW.message := NULL; END IF;
+     RETURN NEW;
+   END $$`,
+  `CREATE TRIGGER metadata_containers_drop_message BEFORE UPDATE ON metadata_containers
+     FOR EACH ROW EXECUTE FUNCTION metadata_containers_drop_message()`,
 ];
 
 /** Where the stores announce changes (containerd topics and event types). */
@@ -111,21 +126,34 @@ export class MetadataStore {
     return this.containers.get(ctx, id);
   }
 
+  /** As containerGet, encoded as a GetContainerResponse (the stored message when there is one). */
+  containerGetEncoded(ctx: CallContext, id: string): Promise<Buffer> {
+    return this.containers.getEncoded(ctx, id);
+  }
+
+  /** Decoded from the columns (containerListEncoded sends the stored messages). */
   containerList(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<capi.Container[]> {
     return this.containers.list(ctx, filters);
   }
 
-  /** As containerList, each container already encoded as a ListContainerMessage (stored spec bytes passed through). */
+  /** As containerList, each container encoded as a ListContainerMessage: the stored message, as stored. */
   containerListEncoded(ctx: CallContext, filters: readonly string[] = []): AsyncGenerator<Buffer[]> {
     return this.containers.listEncoded(ctx, filters);
   }
 
-  containerCreate(ctx: CallContext, c: capi.Container): Promise<capi.Container> {
+  /** The container and its encoding as a CreateContainerResponse. */
+  containerCreate(ctx: CallContext, c: capi.Container): Promise<{ container: capi.Container; encoded: Buffer }> {
     return this.containers.create(ctx, c);
   }
 
-  containerUpdate(ctx: CallContext, c: capi.Container, paths: string[]): Promise<capi.Container> {
+  /** The container and its encoding as an UpdateContainerResponse. */
+  containerUpdate(ctx: CallContext, c: capi.Container, paths: string[]): Promise<{ container: capi.Container; encoded: Buffer }> {
     return this.containers.update(ctx, c, paths);
+  }
+
+  /** Stores the message of every container row that has none; returns how many. */
+  containerEncodeMissing(): Promise<number> {
+    return this.containers.encodeMissing();
   }
 
   containerDelete(ctx: CallContext, id: string): Promise<void> {
