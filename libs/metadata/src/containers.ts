@@ -318,17 +318,20 @@ export class ContainerStore {
     const ns = namespaceRequired(ctx);
     const filter = parseFilters(filters);
     const select = listSelect(filters.length > 0);
-    let after = '';
-    for (;;) {
-      const rows = await selectBinary(this.sql, `${select} WHERE namespace = ${literal(ns)} AND id > ${literal(after)} ORDER BY id LIMIT ${PAGE}`);
-      if (rows.length === 0) return;
+    const fetch = (after: string) => selectBinary(this.sql, `${select} WHERE namespace = ${literal(ns)} AND id > ${literal(after)} ORDER BY id LIMIT ${PAGE}`);
+    let next: Promise<BinaryRow[]> | undefined = fetch('');
+    while (next) {
+      const rows: BinaryRow[] = await next;
+      // A short page is the last. Otherwise PostgreSQL reads the next page while this one
+      // is sent (the caller may stop early: its result is then dropped).
+      next = rows.length < PAGE ? undefined : fetch(rows[rows.length - 1]![0]!.toString('utf8'));
+      next?.catch(() => {});
       const page: Buffer[] = [];
       for (const f of rows) {
         if (filters.length && !filter.match((p) => fieldOf(filterView(f), p))) continue;
         page.push(f[1] ?? rowToContainerBytes(legacyRow(f), true));
       }
       if (page.length) yield page;
-      after = rows[rows.length - 1]![0]!.toString('utf8');
     }
   }
 

@@ -192,3 +192,19 @@ test('a change to the columns that does not write the message drops it', async (
   assert.deepEqual(await stored(ctx.namespace), [false]);
   assert.equal((await sameAsColumns(ctx))[0]!.spec!.typeUrl, 's');
 });
+
+test('a list stopped after its first page leaves the store usable', async (t) => {
+  const ctx = { namespace: testNamespace(t.name) };
+  await sql`INSERT INTO metadata_namespaces (name) VALUES (${ctx.namespace})`;
+  for (let i = 0; i < 2000; i += 100) {
+    await Promise.all(Array.from({ length: 100 }, (_, j) => store.containerCreate(ctx, capi.Container.fromPartial({ id: `s${String(i + j).padStart(5, '0')}`, runtime: { name: 'r' }, spec: any('s', [1]) }))));
+  }
+  // Exactly two full pages: the list ends on an empty one.
+  const all = await collect(store.containerListEncoded(ctx, []));
+  assert.equal(all.length, 2000);
+  for await (const page of store.containerListEncoded(ctx, [])) {
+    assert.equal(page.length, 1000);
+    break;
+  }
+  assert.equal((await collect(store.containerListEncoded(ctx, ['id==s01999']))).length, 1);
+});
