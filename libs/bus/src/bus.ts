@@ -41,7 +41,8 @@ export type Payload = Uint8Array | readonly Uint8Array[];
 export const CONTINUE = Symbol('flotilla.continue');
 
 export type UnaryHandler = (data: Uint8Array, ctx: CallContext) => Promise<Uint8Array | typeof CONTINUE>;
-export type StreamHandler = (data: Uint8Array, ctx: CallContext) => AsyncIterable<Uint8Array>;
+/** Yields each message of the reply, or several at once as an array (a page: one step for the batcher). */
+export type StreamHandler = (data: Uint8Array, ctx: CallContext) => AsyncIterable<Uint8Array | readonly Uint8Array[]>;
 
 export type EndpointSpec =
   | { method: string; subject: string; unary: UnaryHandler }

@@ -13,13 +13,16 @@ const MORE = 1;
  */
 export class StreamCursor {
   private partial?: { msg: Uint8Array; off: number };
-  private pending?: Promise<IteratorResult<Uint8Array>>;
+  private pending?: Promise<IteratorResult<Uint8Array | readonly Uint8Array[]>>;
+  /** Messages of a page the producer yielded at once, from `pageAt` on, not yet batched. */
+  private page: readonly Uint8Array[] = [];
+  private pageAt = 0;
   private finished = false;
   /**
    * @param holdMs how long an empty batch may wait for a first message; after that an
    *   empty batch goes out as a heartbeat (long-lived streams such as event subscriptions).
    */
-  constructor(private readonly it: AsyncIterator<Uint8Array>, private readonly limit: number, private readonly holdMs = 15_000) {}
+  constructor(private readonly it: AsyncIterator<Uint8Array | readonly Uint8Array[]>, private readonly limit: number, private readonly holdMs = 15_000) {}
 
   /** The next batch (at most `limit` bytes, default the cursor's); `end` is true when nothing follows it. */
   async next(limit = this.limit): Promise<{ batch: Uint8Array; end: boolean }> {
@@ -32,11 +35,15 @@ export class StreamCursor {
     let immediate: NodeJS.Immediate | undefined;
     try {
       while (size + RECORD_HEADER < limit) {
+        if (!this.partial && this.pageAt < this.page.length) {
+          // The rest of a page: no waiting, no turn of the event loop per message.
+          this.partial = { msg: this.page[this.pageAt++]!, off: 0 };
+        }
         if (!this.partial) {
           const p = this.pending ?? this.it.next();
           this.pending = undefined;
           // Nothing yet: wait up to holdMs for a first message.
-          let r: IteratorResult<Uint8Array> | typeof NOT_YET;
+          let r: IteratorResult<Uint8Array | readonly Uint8Array[]> | typeof NOT_YET;
           if (pieces.length === 0) r = await settleWithin(p, this.holdMs);
           else {
             turn ??= new Promise((resolve) => (immediate = setImmediate(() => resolve(NOT_YET))));
@@ -50,7 +57,12 @@ export class StreamCursor {
             this.finished = true;
             break;
           }
-          this.partial = { msg: r.value, off: 0 };
+          if (Array.isArray(r.value)) {
+            this.page = r.value as readonly Uint8Array[];
+            this.pageAt = 0;
+            continue;
+          }
+          this.partial = { msg: r.value as Uint8Array, off: 0 };
         }
         const { msg, off } = this.partial;
         const n = Math.min(limit - size - RECORD_HEADER, msg.length - off);
@@ -62,6 +74,15 @@ export class StreamCursor {
           break;
         }
         this.partial = undefined;
+      }
+      if (!this.finished && !this.partial && this.pageAt >= this.page.length && pieces.length > 0) {
+        // Full with nothing left over: if the producer is done within this turn, this batch
+        // says so (no empty batch and round trip just to learn it).
+        const p = this.pending ?? this.it.next();
+        turn ??= new Promise((resolve) => (immediate = setImmediate(() => resolve(NOT_YET))));
+        const r = await Promise.race([p, turn]);
+        if (r !== NOT_YET && r.done) this.finished = true;
+        else this.pending = p;
       }
     } finally {
       if (immediate) clearImmediate(immediate);
@@ -75,11 +96,12 @@ export class StreamCursor {
       batch.set(msg.subarray(off, off + n), o + RECORD_HEADER);
       o += RECORD_HEADER + n;
     }
-    return { batch, end: this.finished && !this.partial };
+    return { batch, end: this.finished && !this.partial && this.pageAt >= this.page.length };
   }
 
   async cancel(): Promise<void> {
     this.partial = undefined;
+    this.page = [];
     await this.it.return?.();
   }
 }

@@ -16,7 +16,7 @@ type Res<M> = M extends { responseType: MessageType<infer R> } ? R : never;
  */
 export type Implementation<D extends ServiceDefinition> = {
   [K in keyof D['methods']]?: D['methods'][K] extends { responseStream: true }
-    ? (req: Req<D['methods'][K]>, ctx: CallContext) => AsyncIterable<Res<D['methods'][K]> | Uint8Array>
+    ? (req: Req<D['methods'][K]>, ctx: CallContext) => AsyncIterable<Res<D['methods'][K]> | Uint8Array | readonly Uint8Array[]>
     : (req: Req<D['methods'][K]>, ctx: CallContext) => Promise<Res<D['methods'][K]> | Uint8Array | typeof CONTINUE>;
 };
 
@@ -51,7 +51,9 @@ export function endpointsFor<D extends ServiceDefinition>(def: D, subjectOf: (me
         subject,
         stream: async function* (data, ctx) {
           const req = decode(m.requestType, data, `${def.name}.${m.name} request`);
-          for await (const res of fn(req, ctx) as AsyncIterable<unknown>) yield res instanceof Uint8Array ? res : m.responseType.encode(res).finish();
+          for await (const res of fn(req, ctx) as AsyncIterable<unknown>) {
+            yield res instanceof Uint8Array ? res : Array.isArray(res) ? (res as readonly Uint8Array[]) : m.responseType.encode(res).finish();
+          }
         },
       });
     } else {

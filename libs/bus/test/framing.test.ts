@@ -27,3 +27,40 @@ test('messages larger than a batch are cut and reassembled', async () => {
 test('truncated batches are refused', () => {
   assert.throws(() => new BatchReader().read(Buffer.from([0, 0, 0, 9, 0, 1, 2])), /truncated/);
 });
+
+test('pages yielded at once are batched as their messages, in order, ending with the last', async () => {
+  const m = (i: number, n: number) => Buffer.alloc(n, i);
+  async function* pages() {
+    yield [m(1, 10), m(2, 30), m(3, 0)];
+    yield [];
+    yield m(4, 250); // a single message between pages, longer than a batch
+    yield Array.from({ length: 40 }, (_, i) => m(10 + i, 7)); // spans several batches
+    yield [m(60, 5)];
+  }
+  const cursor = new StreamCursor(pages(), 100);
+  const reader = new BatchReader();
+  const out: Buffer[] = [];
+  const ends: boolean[] = [];
+  for (;;) {
+    const { batch, end } = await cursor.next();
+    assert.ok(batch.length <= 100);
+    ends.push(end);
+    out.push(...reader.read(batch).map((b) => Buffer.from(b)));
+    if (end) break;
+  }
+  const want = [m(1, 10), m(2, 30), m(3, 0), m(4, 250), ...Array.from({ length: 40 }, (_, i) => m(10 + i, 7)), m(60, 5)];
+  assert.deepEqual(out, want);
+  assert.deepEqual(ends.slice(0, -1).filter(Boolean), [], 'only the last batch ends the stream');
+  assert.ok(ends.length > 5);
+});
+
+test('a page that fills batches exactly still ends the stream with its last batch', async () => {
+  // Records of 5 + 15 bytes: five fill a 100-byte batch; the generator ends after the page.
+  async function* one() {
+    yield Array.from({ length: 10 }, () => Buffer.alloc(15, 7));
+  }
+  const cursor = new StreamCursor(one(), 101);
+  const a = await cursor.next();
+  const b = await cursor.next();
+  assert.deepEqual([a.batch.length, a.end, b.batch.length, b.end], [100, false, 100, true]);
+});
