@@ -38,6 +38,10 @@ export async function runApp(name: string, start: (app: AppContext) => Promise<S
       stopping = true;
       log('stopping', { signal });
       const timer = setTimeout(() => process.exit(1), 10_000).unref();
+      // nats.js records a stack trace as its connection closes; mapping it through the
+      // bundle's source map (--enable-source-maps) first parses the whole map. A stack's
+      // stop took 1.5-1.8 s with that, 0.45 s without.
+      process.setSourceMapsEnabled(false);
       try {
         await stop();
         await bus.close();
