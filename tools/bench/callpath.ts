@@ -45,19 +45,24 @@ async function main() {
       stream.on('error', () => ustream.destroy());
     });
   });
-  await new Promise<void>((r) => server.listen(psock, r));
-  const pside: Side = { ...side, socket: psock };
-  const r = await side.ctr(['images', 'import', busybox.archivePath], { namespace: NAMESPACE });
-  if (r.code !== 0) throw new Error(r.stderr);
-  for (let i = 0; i < 2; i++) await timedCtr(side, ['run', '--rm', busybox.name, `w-${i}`, '/bin/true']);
-  for (let i = 0; i < repeat; i++) {
-    rows = []; t0 = performance.now();
-    const wall = await timedCtr(pside, ['run', '--rm', busybox.name, `t-${i}`, '/bin/true'], { timeoutMs: 20_000 });
-    console.log(`--- ${which} run ${i}: ${(wall*1000).toFixed(0)} ms`);
-    for (const x of rows) console.log(x.t.toFixed(1).padStart(8), (x.d ?? -1).toFixed(1).padStart(7), x.path);
+  try {
+    await new Promise<void>((r) => server.listen(psock, r));
+    const pside: Side = { ...side, socket: psock };
+    const r = await side.ctr(['images', 'import', busybox.archivePath], { namespace: NAMESPACE });
+    if (r.code !== 0) throw new Error(r.stderr);
+    for (let i = 0; i < 2; i++) await timedCtr(side, ['run', '--rm', busybox.name, `w-${i}`, '/bin/true']);
+    for (let i = 0; i < repeat; i++) {
+      rows = [];
+      t0 = performance.now();
+      const wall = await timedCtr(pside, ['run', '--rm', busybox.name, `t-${i}`, '/bin/true'], { timeoutMs: 20_000 });
+      console.log(`--- ${which} run ${i}: ${(wall * 1000).toFixed(0)} ms`);
+      for (const x of rows) console.log(x.t.toFixed(1).padStart(8), (x.d ?? -1).toFixed(1).padStart(7), x.path);
+    }
+  } finally {
+    // Also when a run fails: a side left running is a daemon nobody stops.
+    server.close();
+    fs.rmSync(psock, { force: true });
+    await side.stop();
   }
-  server.close();
-  fs.rmSync(psock, { force: true });
-  await side.stop();
 }
 main().then(() => process.exit(0), (e) => { console.error(e); process.exit(1); });
