@@ -120,6 +120,25 @@ function settleWithin<T>(p: Promise<T>, ms: number): Promise<T | typeof NOT_YET>
   });
 }
 
+/**
+ * Walks the records of a batch: `fn(start, n, more)` for each, `start` the offset of its
+ * header, its `n` bytes after the header, `more` set when its message continues in the next
+ * record. `fn` may overwrite the record's header: the walk has read it already. Throws on
+ * a truncated record.
+ */
+export function forEachRecord(buf: Buffer, fn: (start: number, n: number, more: boolean) => void): void {
+  let off = 0;
+  while (off < buf.length) {
+    if (off + RECORD_HEADER > buf.length) throw new Error('stream batch: truncated record header');
+    const n = buf.readUInt32BE(off);
+    const more = (buf[off + 4]! & MORE) !== 0;
+    const end = off + RECORD_HEADER + n;
+    if (end > buf.length) throw new Error('stream batch: truncated record');
+    fn(off, n, more);
+    off = end;
+  }
+}
+
 /** Reassembles messages from batches, in order. */
 export class BatchReader {
   private pending: Uint8Array[] = [];
@@ -128,20 +147,13 @@ export class BatchReader {
   read(batch: Uint8Array): Uint8Array[] {
     const out: Uint8Array[] = [];
     const buf = Buffer.from(batch.buffer, batch.byteOffset, batch.byteLength);
-    let off = 0;
-    while (off < buf.length) {
-      if (off + RECORD_HEADER > buf.length) throw new Error('stream batch: truncated record header');
-      const n = buf.readUInt32BE(off);
-      const more = (buf[off + 4]! & MORE) !== 0;
-      off += RECORD_HEADER;
-      if (off + n > buf.length) throw new Error('stream batch: truncated record');
-      this.pending.push(buf.subarray(off, off + n));
-      off += n;
+    forEachRecord(buf, (start, n, more) => {
+      this.pending.push(buf.subarray(start + RECORD_HEADER, start + RECORD_HEADER + n));
       if (!more) {
         out.push(this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending));
         this.pending = [];
       }
-    }
+    });
     return out;
   }
 

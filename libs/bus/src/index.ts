@@ -9,7 +9,7 @@ export { Header, currentContext, runWithContext, remainingMs, contextToHeaders, 
 export type { CallContext } from './context.js';
 export { Bus, CONTINUE } from './bus.js';
 export type { BusOptions, Payload, EndpointSpec, ServiceSpec, UnaryHandler, StreamHandler } from './bus.js';
-export { BatchReader, StreamCursor, RECORD_HEADER } from './framing.js';
+export { BatchReader, StreamCursor, RECORD_HEADER, forEachRecord } from './framing.js';
 export { DirectServer, DirectLink } from './direct.js';
 export { endpointsFor, rpcClient } from './rpc.js';
 export type { Implementation, Client } from './rpc.js';

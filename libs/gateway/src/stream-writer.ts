@@ -9,7 +9,7 @@
 // error) after the last, which grpc-js sends behind everything already queued.
 import type { Duplex } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
-import { RECORD_HEADER } from '@flotilla/bus';
+import { RECORD_HEADER, forEachRecord } from '@flotilla/bus';
 
 /** What is used of node's ServerHttp2Stream. */
 type Http2Out = Duplex & { respond: unknown; session: unknown };
@@ -110,27 +110,20 @@ export class GrpcFramer {
     const b = Buffer.from(batch.buffer, batch.byteOffset, batch.byteLength);
     const out: (Buffer | { oversize: Buffer })[] = [];
     let runStart = -1; // start of a run of whole messages re-framed in place
-    let off = 0;
-    while (off < b.length) {
-      if (off + RECORD_HEADER > b.length) throw new Error('stream batch: truncated record header');
-      const n = b.readUInt32BE(off);
-      const more = (b[off + 4]! & 1) !== 0;
-      const end = off + RECORD_HEADER + n;
-      if (end > b.length) throw new Error('stream batch: truncated record');
+    forEachRecord(b, (start, n, more) => {
       if (!more && this.parts.length === 0) {
-        if (runStart < 0) runStart = off;
-        b[off] = 0;
-        b.writeUInt32BE(n, off + 1);
-      } else {
-        if (runStart >= 0) out.push(b.subarray(runStart, off));
-        runStart = -1;
-        this.parts.push(b.subarray(off + RECORD_HEADER, end));
-        this.partSize += n;
-        if (!more) out.push(this.whole());
+        if (runStart < 0) runStart = start;
+        b[start] = 0;
+        b.writeUInt32BE(n, start + 1);
+        return;
       }
-      off = end;
-    }
-    if (runStart >= 0) out.push(b.subarray(runStart, off));
+      if (runStart >= 0) out.push(b.subarray(runStart, start));
+      runStart = -1;
+      this.parts.push(b.subarray(start + RECORD_HEADER, start + RECORD_HEADER + n));
+      this.partSize += n;
+      if (!more) out.push(this.whole());
+    });
+    if (runStart >= 0) out.push(b.subarray(runStart));
     return out;
   }
 
