@@ -25,3 +25,19 @@ protoc --plugin=protoc-gen-ts_proto=node_modules/.bin/protoc-gen-ts_proto \
   $files $own
 # Drop the generated copies of gogo's option protos: nothing at run time uses them.
 rm -rf "$OUT/gogoproto" "$OUT/github.com/containerd/containerd/protobuf" "$OUT/google/protobuf/descriptor.ts"
+# ts-proto decodes a bytes field as Buffer.from(reader.bytes()), a copy of every byte (each
+# 1 MiB content Write and Read message was copied once more by every process it passed).
+# Decode it as a view into the input instead: the message then shares, and keeps alive, the
+# buffer it was decoded from. Contract for callers: never reuse or overwrite a buffer after
+# decoding from it (every input here is a fresh socket chunk, frame or message).
+grep -rl 'Buffer.from(reader.bytes())' "$OUT" | while read -r f; do
+  sed -i 's/Buffer\.from(reader\.bytes())/bytesView(reader.bytes())/' "$f"
+  cat >> "$f" <<'EOT'
+
+/** `b` as a Buffer over the same memory (no copy); added by tools/gen-proto.sh. */
+function bytesView(b: Uint8Array): Buffer {
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}
+EOT
+done
+

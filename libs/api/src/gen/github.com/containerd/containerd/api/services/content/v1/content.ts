@@ -994,7 +994,7 @@ export const ReadContentResponse: MessageFns<ReadContentResponse> = {
               break;
             }
 
-            message.data = Buffer.from(reader.bytes());
+            message.data = bytesView(reader.bytes());
             continue;
           }
         }
@@ -1449,7 +1449,7 @@ export const WriteContentRequest: MessageFns<WriteContentRequest> = {
               break;
             }
 
-            message.data = Buffer.from(reader.bytes());
+            message.data = bytesView(reader.bytes());
             continue;
           }
           case 7: {
@@ -1909,4 +1909,9 @@ interface MessageFns<T> {
   decode(input: BinaryReader | Uint8Array, length?: number): T;
   create<I extends Exact<DeepPartial<T>, I>>(base?: I): T;
   fromPartial<I extends Exact<DeepPartial<T>, I>>(object: I): T;
+}
+
+/** `b` as a Buffer over the same memory (no copy); added by tools/gen-proto.sh. */
+function bytesView(b: Uint8Array): Buffer {
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 }
