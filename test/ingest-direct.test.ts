@@ -6,7 +6,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import http2 from 'node:http2';
+import net from 'node:net';
 import { connect, type NatsConnection } from 'nats';
+import { CONNECTION_WINDOW, STREAM_WINDOW } from '@flotilla/gateway';
 import { startStack, testNamespace, type Stack } from '@flotilla/testing';
 
 let stack: Stack;
@@ -55,4 +58,22 @@ test('pipelined writes still fail at commit on a wrong digest, committing nothin
   // The same bytes then ingest fine under a new ref.
   const ok = await stack.ctr(['content', 'ingest', '--expected-size', String(data.length), '--expected-digest', sha(data), 'good'], { namespace, input: data });
   assert.equal(ok.code, 0, ok.stderr);
+});
+
+test('the gateway offers wide HTTP/2 receive windows, so a 1 MiB message does not wait for window updates', async () => {
+  assert.ok(STREAM_WINDOW >= 1 << 20 && CONNECTION_WINDOW >= STREAM_WINDOW);
+  const session = http2.connect('http://localhost', { createConnection: () => net.connect(stack.socket) });
+  try {
+    const settings = await new Promise<http2.Settings>((resolve, reject) => {
+      session.once('remoteSettings', resolve);
+      session.once('error', reject);
+    });
+    assert.equal(settings.initialWindowSize, STREAM_WINDOW);
+    // The connection window is raised by a WINDOW_UPDATE sent with the settings; a ping's
+    // answer comes after it.
+    await new Promise<void>((resolve, reject) => session.ping((err) => (err ? reject(err) : resolve())));
+    assert.equal(session.state.remoteWindowSize, CONNECTION_WINDOW);
+  } finally {
+    session.destroy();
+  }
 });

@@ -1,5 +1,5 @@
 // @flotilla/gateway: containerd's gRPC API on a unix socket, forwarded over NATS.
-export { Gateway } from './server.js';
+export { Gateway, STREAM_WINDOW, CONNECTION_WINDOW } from './server.js';
 export type { GatewayOptions } from './server.js';
 export { routeFor } from './routes.js';
 export type { Route } from './routes.js';

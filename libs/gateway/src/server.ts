@@ -3,6 +3,7 @@
 // containerd error classes back to gRPC status codes. Requests and replies pass through as
 // the client's own protobuf bytes; only content Write is decoded, to frame it for the bus.
 import fs from 'node:fs/promises';
+import type { Http2Server, ServerHttp2Session } from 'node:http2';
 import path from 'node:path';
 import { randomUUID, type Hash } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
@@ -32,6 +33,15 @@ const NAMESPACE_KEY = 'containerd-namespace';
 const LEASE_KEY = 'containerd-lease';
 /** containerd's gRPC message limit (16 MiB), for both directions. */
 const MAX_MESSAGE = 16 << 20;
+/**
+ * HTTP/2 receive windows the gateway offers its clients. Node's default is 64 KiB per stream
+ * and per connection, so a client sending a 1 MiB message (ctr's content writes) stalls for
+ * ~16 WINDOW_UPDATEs, each one a turn of the gateway's event loop. containerd's grpc-go grows
+ * its windows to up to 16 MiB by measuring the connection; these are fixed sizes of that order.
+ * They bound what one connection can make the gateway buffer.
+ */
+const STREAM_WINDOW = 4 << 20;
+const CONNECTION_WINDOW = 16 << 20;
 
 const SERVICES: ServiceDefinition[] = [
   api.containers.ContainersDefinition, api.content.ContentDefinition, api.diff.DiffDefinition,
@@ -474,6 +484,7 @@ export class Gateway {
       server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
     );
     await fs.chmod(socket, 0o660);
+    widenFlowControl(server);
     this.server = server;
   }
 
@@ -494,4 +505,18 @@ export class Gateway {
   }
 }
 
-export { ContainerdError, ErrorClass, errUnavailable };
+/**
+ * Applies STREAM_WINDOW and CONNECTION_WINDOW to the HTTP/2 servers under a bound grpc-js
+ * Server. grpc-js has no option for them, so this reaches its private `http2Servers` map;
+ * test/ingest-direct.test.ts checks the windows a client is offered, so a grpc-js upgrade that
+ * moves the map fails there instead of silently losing them.
+ */
+function widenFlowControl(server: grpc.Server): void {
+  const servers = (server as unknown as { http2Servers?: Map<Http2Server, unknown> }).http2Servers;
+  for (const h2 of servers?.keys() ?? []) {
+    h2.updateSettings({ initialWindowSize: STREAM_WINDOW });
+    h2.on('session', (session: ServerHttp2Session) => session.setLocalWindowSize(CONNECTION_WINDOW));
+  }
+}
+
+export { ContainerdError, ErrorClass, errUnavailable, STREAM_WINDOW, CONNECTION_WINDOW };
