@@ -292,8 +292,13 @@ export class Gateway {
           offset = 0;
           hash = canonicalDigester();
         }
+        // Answer first, then forward: the answer is what the client waits for, and handing
+        // 1 MiB to the content service's socket would delay it. Its time stamp is the
+        // moment the client learns the write is done: the ingest's updated_at.
+        hash!.update(req.data);
+        offset += req.data.length;
+        call.write(Buffer.from(api.content.WriteContentResponse.encode({ ...last!, action: WA.WRITE, offset, digest: digestOf(hash!) }).finish()));
         const entry = { bytes: req.data.length, done: Promise.resolve() };
-        // The moment the client learns the write is done: the ingest's updated_at.
         entry.done = send(buf, preciseNow()).then(
           (reply) => {
             if (reply.done) asyncError ??= new ContainerdError(ErrorClass.Unknown, 'content write: session ended on a WRITE');
@@ -307,9 +312,6 @@ export class Gateway {
         });
         inflight.push(entry);
         inflightBytes += entry.bytes;
-        hash!.update(req.data);
-        offset += req.data.length;
-        call.write(Buffer.from(api.content.WriteContentResponse.encode({ ...last!, action: WA.WRITE, offset, digest: digestOf(hash!) }).finish()));
       };
       const handle = async (buf: Buffer) => {
         const req = api.content.WriteContentRequest.decode(buf);
