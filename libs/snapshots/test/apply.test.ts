@@ -141,6 +141,42 @@ for (const name of ['overlayfs', 'native'] as const) {
       });
     });
 
+    test('a writable rbind is applied onto its source without mount(8); a read-only one still through it', async () => {
+      const s = new Snapshotter({ sql: pg.sql, nodeId: 'node-apply-direct', name, root: path.join(dataDir, `direct-${name}`) });
+      const ns = 'apply-direct';
+      const mounts = await s.prepare(ns, 'direct-w');
+      assert.equal(mounts.length, 1);
+      assert.equal(mounts[0]!.type, 'bind');
+      const l = await layer({ name: 'etc', type: 'directory' }, { name: 'etc/hostname', body: 'direct' }, { name: 'etc/.wh.gone' }, { name: 'etc/.wh..wh..opq' });
+      // With no mount(8) or umount(8) to be found, only an apply onto the source can succeed.
+      const empty = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-nopath-'));
+      const savedPath = process.env.PATH;
+      const mountsBefore = mountTable();
+      process.env.PATH = empty;
+      let r;
+      try {
+        r = await applyDiff(mounts, Readable.from([gzipSync(l)]), TGZ);
+      } finally {
+        process.env.PATH = savedPath;
+        await fs.rmdir(empty);
+      }
+      assert.deepEqual(r, { size: l.length, diffID: sha(l) });
+      assert.equal(mountTable(), mountsBefore);
+      // Native whiteouts: deletions only, nothing left for the whiteout or the opaque marker.
+      const src = mounts[0]!.source;
+      assert.deepEqual(await fs.readdir(path.join(src, 'etc')), ['hostname']);
+      assert.equal(await fs.readFile(path.join(src, 'etc/hostname'), 'utf8'), 'direct');
+      await s.commit(ns, 'direct', 'direct-w');
+
+      // A read-only bind (a view) is mounted as given, so the write is refused by the kernel.
+      const view = await s.view(ns, 'direct-view', 'direct');
+      assert.equal(view[0]!.type, 'bind');
+      assert.ok(view[0]!.options.includes('ro'));
+      await assert.rejects(applyDiff(view, Readable.from([gzipSync(await layer({ name: 'etc/new', body: 'x' }))]), TGZ), /read-only/i);
+      assert.equal(mountTable(), mountsBefore);
+      assert.deepEqual(await fs.readdir(path.join(view[0]!.source, 'etc')), ['hostname']);
+    });
+
     test('a refused layer leaves no mount behind', async () => {
       const s = new Snapshotter({ sql: pg.sql, nodeId: 'node-apply-fail', name, root: path.join(dataDir, `fail-${name}`) });
       const ns = 'apply-fail';
