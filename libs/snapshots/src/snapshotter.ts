@@ -181,6 +181,8 @@ export class Snapshotter {
   private readonly sql: postgres.Sql<{}>;
   private readonly indexOff = overlaySupportsIndex();
   private ready: Promise<void> | undefined;
+  /** Data of removed snapshots still being deleted (renamed `rm-<id>` directories), by name. */
+  private readonly discarding = new Map<string, Promise<void>>();
 
   constructor(opts: SnapshotterOptions) {
     if (opts.name !== 'overlayfs' && opts.name !== 'native') throw errInvalidArgument(`unknown snapshotter ${JSON.stringify(opts.name)}`);
@@ -401,12 +403,33 @@ export class Snapshotter {
       if (sqlState(err) === FOREIGN_KEY_VIOLATION) throw errFailedPrecondition('cannot remove snapshot with child', { cause: err });
       throw err;
     }
-    // Renamed first so a half-removed tree is never mistaken for a live one.
-    const gone = path.join(this.root, 'snapshots', `rm-${id}`);
-    await fs.rename(this.dir(id), gone).catch((err) => {
-      if (err.code !== 'ENOENT') throw err;
-    });
-    await fs.rm(gone, { recursive: true, force: true });
+    // Renamed first so a half-removed tree is never mistaken for a live one; the tree itself
+    // is deleted after the call answers, as containerd's garbage collector deletes a removed
+    // snapshot's data after its Remove (which only drops the record). A removal that fails
+    // or is cut short by a restart leaves an `rm-` directory that cleanup() deletes.
+    try {
+      fsSync.renameSync(this.dir(id), path.join(this.root, 'snapshots', `rm-${id}`));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      return;
+    }
+    this.discard(`rm-${id}`);
+  }
+
+  /** Deletes `<root>/snapshots/<name>` in the background (once per name at a time). */
+  private discard(name: string): Promise<void> {
+    let p = this.discarding.get(name);
+    if (p) return p;
+    p = fs.rm(path.join(this.root, 'snapshots', name), { recursive: true, force: true })
+      .catch(() => {}) // left for cleanup()
+      .finally(() => this.discarding.delete(name));
+    this.discarding.set(name, p);
+    return p;
+  }
+
+  /** Resolves once the data of every snapshot removed so far is deleted from disk (or failed to be). */
+  async settled(): Promise<void> {
+    while (this.discarding.size > 0) await Promise.all([...this.discarding.values()]);
   }
 
   async stat(ns: string, key: string): Promise<Info> {
@@ -483,8 +506,12 @@ export class Snapshotter {
       if (!d.startsWith('rm-')) {
         const st = await fs.lstat(path.join(base, d)).catch(() => undefined);
         if (!st || Date.now() - st.mtimeMs < NEW_DIR_GRACE_MS) continue;
+        await fs.rm(path.join(base, d), { recursive: true, force: true });
+        continue;
       }
-      await fs.rm(path.join(base, d), { recursive: true, force: true });
+      // Joins a removal still running (or retries one that failed).
+      await this.discard(d);
+      if (existsSync(path.join(base, d))) await fs.rm(path.join(base, d), { recursive: true, force: true });
     }
   }
 }

@@ -78,8 +78,33 @@ for (const name of ['overlayfs', 'native'] as const) {
       await s.remove(ns, 'look');
       await s.remove(ns, 'base');
       assert.deepEqual(await collect(s.list(ns)), []);
-      // Nothing of theirs is left on disk.
+      // Nothing of theirs is left on disk once the removals (which run after Remove answers) end.
+      await s.settled();
       assert.deepEqual(await fs.readdir(path.join(s.root, 'snapshots')), []);
+    });
+
+    test('remove takes the data out of use before it answers and deletes it after', async () => {
+      const s = make(name, 'node-remove');
+      const ns = `remove-${name}`;
+      const base = path.join(s.root, 'snapshots');
+      await s.prepare(ns, 'a');
+      const [id] = await fs.readdir(base);
+      // Enough entries that the deletion is still running when remove() answers.
+      const tree = name === 'overlayfs' ? path.join(base, id!, 'fs') : path.join(base, id!);
+      for (let i = 0; i < 200; i++) await fs.mkdir(path.join(tree, `d${i}`, 'x'), { recursive: true });
+      await s.remove(ns, 'a');
+      assert.ok(!existsSync(path.join(base, id!)), 'the snapshot directory is gone under its id at once');
+      assert.ok(existsSync(path.join(base, `rm-${id}`)), 'its data is deleted after the call');
+      await s.prepare(ns, 'a'); // the key is free again
+      // cleanup() while the deletion runs joins it instead of failing on it.
+      await s.cleanup();
+      await s.settled();
+      const left = await fs.readdir(base);
+      assert.equal(left.length, 1);
+      assert.ok(!left[0]!.startsWith('rm-'));
+      await s.remove(ns, 'a');
+      await s.settled();
+      assert.deepEqual(await fs.readdir(base), []);
     });
 
     test('errors carry containerd classes', async () => {
@@ -120,6 +145,7 @@ for (const name of ['overlayfs', 'native'] as const) {
       await s.prepare(ns, 'b', 'a-c', { [ref]: 'free' });
       await s.remove(ns, 'b');
       // A failed create leaves no record and no directory behind.
+      await s.settled();
       const before = (await fs.readdir(path.join(s.root, 'snapshots'))).length;
       await assert.rejects(s.prepare(ns, 'a2'), (e) => isAlreadyExists(e));
       assert.equal((await fs.readdir(path.join(s.root, 'snapshots'))).length, before);
