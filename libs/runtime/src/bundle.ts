@@ -213,10 +213,19 @@ function resolved(p: string): string {
 /**
  * Removes a bundle as containerd's Bundle.Delete does: unmount rootfs first (never recurse
  * through a mounted rootfs), then rename-and-remove the bundle and its work directory.
- * The file system calls are synchronous: a bundle is a dozen small entries, and each
- * async call's trip through libuv's thread pool cost more than the call (~7 ms in all).
  */
 export async function deleteBundle(bundlePath: string): Promise<void> {
+  await (await retireBundle(bundlePath)).deleted;
+}
+
+/**
+ * The first half of deleteBundle, for a caller that answers before the files are gone:
+ * unmounts rootfs and renames the bundle and its work directory to `.<name>` (synchronous
+ * calls: a handful, cheaper than thread-pool trips). From then on the id is free for a new
+ * bundle and a restarted agent sees only dot entries, which it removes. `deleted` settles
+ * when the renamed trees are removed (it rejects if that fails).
+ */
+export async function retireBundle(bundlePath: string): Promise<{ deleted: Promise<void> }> {
   let work: string | undefined;
   try {
     work = readlinkSync(path.join(bundlePath, 'work'));
@@ -230,25 +239,47 @@ export async function deleteBundle(bundlePath: string): Promise<void> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`failed to remove bundle rootfs: ${(err as Error).message}`);
   }
-  await atomicDelete(bundlePath);
-  if (work) await atomicDelete(work);
+  const hidden: string[] = [];
+  for (const p of work ? [bundlePath, work] : [bundlePath]) {
+    const h = await hide(p);
+    if (h) hidden.push(h);
+  }
+  return { deleted: Promise.all(hidden.map(removeHidden)).then(() => {}) };
 }
 
+/** Removals of renamed trees still running, by path; a rename to the same name waits for its. */
+const removing = new Map<string, Promise<void>>();
+
 /**
- * Renames to .<name> first so a half-removed directory never looks like a live one. Anything
- * still mounted below is unmounted before removing, so removal never reaches into a
- * bind-mounted source.
+ * Renames `p` to .<name> so a half-removed directory never looks like a live one (a tree
+ * left there by an earlier removal is removed first). Undefined when `p` does not exist.
  */
-async function atomicDelete(p: string): Promise<void> {
+async function hide(p: string): Promise<string | undefined> {
   const hidden = path.join(path.dirname(p), `.${path.basename(p)}`);
+  await removing.get(hidden)?.catch(() => {});
   await removeUnmounted(hidden);
   try {
     renameSync(p, hidden);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
-  await removeUnmounted(hidden);
+  return hidden;
+}
+
+/**
+ * Removes a renamed tree, unmounting anything still mounted below first so removal never
+ * reaches into a bind-mounted source. Asynchronous: it may run while the agent serves calls.
+ */
+function removeHidden(hidden: string): Promise<void> {
+  const p = (async () => {
+    await unmountAll(hidden);
+    await fs.rm(hidden, { recursive: true, force: true });
+  })().finally(() => {
+    if (removing.get(hidden) === p) removing.delete(hidden);
+  });
+  removing.set(hidden, p);
+  return p;
 }
 
 async function removeUnmounted(p: string): Promise<void> {

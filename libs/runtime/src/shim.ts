@@ -15,7 +15,7 @@ import {
 } from '@flotilla/errdefs';
 import { validateIdentifier } from '@flotilla/identifiers';
 import { TtrpcClient, TtrpcServer } from '@flotilla/ttrpc';
-import { type Bundle, FifoPool, bundleAt, createBundle, deleteBundle, openShimLog } from './bundle.js';
+import { type Bundle, FifoPool, bundleAt, createBundle, deleteBundle, openShimLog, retireBundle } from './bundle.js';
 import { Spawner } from './spawner.js';
 
 const TASK_SERVICE = 'containerd.task.v2.Task';
@@ -127,6 +127,8 @@ export class ShimManager {
   private readonly fifos: FifoPool;
   /** Starts shim binaries and mkfifo without forking the agent. */
   private readonly spawner: Spawner;
+  /** Removals of retired bundles still running after their task's Delete answered. */
+  private readonly deletions = new Set<Promise<void>>();
 
   constructor(private readonly opts: ShimManagerOptions) {
     this.workRoot = opts.runDir ? path.join(opts.runDir, 'work') : path.join(opts.stateDir, '.work');
@@ -360,7 +362,8 @@ export class ShimManager {
       throw wrap(err, 'failed to delete task');
     }
     // The shim's Delete ran runc delete and unmounted the rootfs: no `shim delete` needed.
-    if (!h.closing) await this.teardown(h, false, false);
+    // The bundle is renamed out of use before we answer and its files removed after.
+    if (!h.closing) await this.teardown(h, false, false, true);
     return { pid: res.pid, exitStatus: res.exitStatus, exitedAt: res.exitedAt };
   }
 
@@ -481,7 +484,7 @@ export class ShimManager {
    * after a successful task Delete: the shim has run `runc delete` and unmounted the rootfs,
    * so spawning the shim binary again would only repeat that.
    */
-  private async teardown(h: ShimHandle, deleteTask: boolean, shimDelete = true): Promise<sapi.DeleteResponse | undefined> {
+  private async teardown(h: ShimHandle, deleteTask: boolean, shimDelete = true, background = false): Promise<sapi.DeleteResponse | undefined> {
     h.closing = true;
     const { namespace, id } = h.bundle;
     if (deleteTask) {
@@ -501,19 +504,35 @@ export class ShimManager {
     if (this.shims.get(key(namespace, id)) === h) this.shims.delete(key(namespace, id));
     let res: sapi.DeleteResponse | undefined;
     if (shimDelete || !shutDown) res = await this.cleanupShim(h.bundle, h.binary);
-    else await this.removeBundle(h.bundle);
+    else await this.removeBundle(h.bundle, undefined, background);
     h.log?.destroy();
     return res;
   }
 
-  /** Bundle removal (unmounting what is left) and the shim's socket if it left it behind; never throws. */
-  private async removeBundle(bundle: Bundle, address?: string): Promise<void> {
+  /**
+   * Bundle removal (unmounting what is left) and the shim's socket if it left it behind; never
+   * throws. With `background`, returns once the bundle is renamed out of use (retireBundle)
+   * and removes its files after (settled() waits for that).
+   */
+  private async removeBundle(bundle: Bundle, address?: string, background = false): Promise<void> {
     const { namespace, id } = bundle;
-    address ??= (await fs.readFile(path.join(bundle.path, 'address'), 'utf8').catch(() => '')).trim();
-    await Promise.all([
-      deleteBundle(bundle.path).catch((err) => this.log('failed to delete bundle', { namespace, id, error: messageOf(err) })),
-      removeDeadSocket(address),
-    ]);
+    const failed = (err: unknown) => this.log('failed to delete bundle', { namespace, id, error: messageOf(err) });
+    address ??= readAddress(bundle);
+    const socket = removeDeadSocket(address);
+    if (!background) {
+      await Promise.all([deleteBundle(bundle.path).catch(failed), socket]);
+      return;
+    }
+    const retired = await retireBundle(bundle.path).catch((err) => void failed(err));
+    await socket;
+    if (!retired) return;
+    const p: Promise<void> = retired.deleted.catch(failed).finally(() => this.deletions.delete(p));
+    this.deletions.add(p);
+  }
+
+  /** Resolves once the files of every bundle retired so far are removed (or failed to be). */
+  async settled(): Promise<void> {
+    while (this.deletions.size > 0) await Promise.all([...this.deletions]);
   }
 
   /** `shim delete` (runc delete --force, unmount rootfs) and bundle removal; never throws. */
@@ -521,7 +540,7 @@ export class ShimManager {
     const { namespace, id } = bundle;
     let res: sapi.DeleteResponse | undefined;
     const exists = await fs.lstat(bundle.path).then(() => true, () => false);
-    const address = exists ? (await fs.readFile(path.join(bundle.path, 'address'), 'utf8').catch(() => '')).trim() : '';
+    const address = exists ? readAddress(bundle) : '';
     if (exists) {
       const out = await this.runShim(binary, bundle, ['-id', id, '-bundle', bundle.path, 'delete'], undefined, CLEANUP_TIMEOUT_MS);
       if (out.error || out.code !== 0) {
@@ -650,6 +669,15 @@ export class ShimManager {
       partial = lines.pop() ?? '';
       for (const line of lines) if (line) this.log('shim', { namespace, id, line });
     });
+  }
+}
+
+/** The shim's address recorded in the bundle, or "". */
+function readAddress(bundle: Bundle): string {
+  try {
+    return readFileSync(path.join(bundle.path, 'address'), 'utf8').trim();
+  } catch {
+    return '';
   }
 }
 

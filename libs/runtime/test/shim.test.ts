@@ -271,6 +271,27 @@ test('a task delete ends the shim as containerd 1.6 does: the shim binary runs o
   assert.ok(!execFileSync('runc', ['--root', runcRoot, 'list', '-q']).toString().split('\n').includes(id), 'runc has no container left');
 });
 
+test('a deleted task\'s bundle is out of use when Delete answers and removed after; the id can be reused at once', async () => {
+  const id = 'reuse';
+  const nsDir = path.join(opts.stateDir, NS);
+  const work = path.join(opts.runDir!, 'work', NS, id);
+  for (let round = 0; round < 3; round++) {
+    await mgr.createTask({ namespace: NS, id, bundleSpec: spec(id, ['/bin/sh', '-c', 'exit 0']), rootfs: rootfs(), stdin: '', stdout: '', stderr: '', terminal: false });
+    // Files enough that their removal is still running when the Delete answers.
+    for (let i = 0; i < 300; i++) await fs.writeFile(path.join(work, `f${i}`), 'x');
+    await mgr.startTask(NS, id);
+    assert.equal((await mgr.wait(NS, id)).exitStatus, 0);
+    await mgr.deleteTask(NS, id);
+    await assert.rejects(fs.lstat(mgr.bundlePath(NS, id)), { code: 'ENOENT' });
+    await assert.rejects(fs.lstat(work), { code: 'ENOENT' });
+    if (round === 0) assert.ok((await fs.readdir(nsDir)).includes(`.${id}`), 'the renamed bundle is removed after the answer');
+  }
+  await mgr.settled();
+  assert.ok(!(await fs.readdir(nsDir)).some((n) => n.endsWith(id)), 'no renamed bundle left');
+  assert.ok(!(await fs.readdir(path.dirname(work))).some((n) => n.endsWith(id)), 'no renamed work dir left');
+  assert.deepEqual(await mountsUnder(nsDir), []);
+});
+
 test('log FIFOs come from the pool and stay FIFOs after many creates', async () => {
   const pooled = (await fs.readdir(path.join(opts.stateDir, '.fifos'))).length;
   assert.ok(pooled > 0, 'FIFOs are made ahead');
@@ -351,5 +372,6 @@ test('a shim that dies is cleaned up: container killed, bundle removed, exit and
 
 test('nothing is left running', async () => {
   await until('no shims', () => shimProcesses().length === 0);
+  await mgr.settled();
   assert.deepEqual(await fs.readdir(path.join(opts.stateDir, NS)), []);
 });
