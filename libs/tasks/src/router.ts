@@ -78,6 +78,20 @@ export class TasksRouter {
     return rows[0]!.node;
   }
 
+  /**
+   * nodeOf for a call this replica has no placement for: mostly a task that is gone (ctr's
+   * Gets after its Delete), which needs the container's answer too, so the container is read
+   * while the table is (its answer is dropped when a placement is found).
+   */
+  private async lookup(ns: string, id: string): Promise<string> {
+    const container = this.containers.get({ id }, { namespace: ns }).then(() => undefined, (err: unknown) => ({ err }));
+    const rows = await this.sql`SELECT node FROM tasks_placements WHERE namespace = ${ns} AND container_id = ${id}`;
+    if (rows.length > 0) return rows[0]!.node;
+    const missing = await container;
+    if (missing) throw missing.err;
+    throw withClass(ErrorClass.NotFound, `task ${id} not found`);
+  }
+
   private remember(ns: string, id: string, node: string): void {
     const k = placementKey(ns, id);
     this.placements.delete(k);
@@ -93,7 +107,7 @@ export class TasksRouter {
   private async onNode<T>(ns: string, id: string, call: (node: string) => Promise<T>): Promise<T> {
     const known = this.placements.get(placementKey(ns, id));
     if (known === undefined) {
-      const node = await this.nodeOf(ns, id);
+      const node = await this.lookup(ns, id);
       this.remember(ns, id, node);
       return call(node);
     }

@@ -148,6 +148,22 @@ test("a node's NotFound passes through when the placement has not moved", async 
   await assert.rejects(get(r1, ns, 'gone'), { errorClass: ErrorClass.NotFound, message: 'task gone not found' });
 });
 
+test('a replica without the placement in memory: the table decides, then the container, then the task', async (t) => {
+  const ns = testNamespace(t.name);
+  const [r1, r2] = routers as [TasksRouter, TasksRouter];
+  // The container is read while the table is; a placement found wins over its answer.
+  await create(r1, ns, 'p', 'node-b');
+  b.tasks.add(`${ns}/missing-p`);
+  await sql`INSERT INTO tasks_placements (namespace, container_id, node) VALUES (${ns}, 'missing-p', 'node-b')`;
+  assert.equal((await get(r2, ns, 'missing-p')).process!.pid, 202);
+  assert.equal((await get(r2, ns, 'p')).process!.pid, 202);
+  // No placement: the container's NotFound first, then the router's own for the task.
+  await assert.rejects(get(r2, ns, 'missing-q'), { errorClass: ErrorClass.NotFound, message: 'container "missing-q": not found' });
+  await assert.rejects(get(r2, ns, 'q'), { errorClass: ErrorClass.NotFound, message: 'task q not found' });
+  await del(r2, ns, 'p');
+  await del(r2, ns, 'missing-p');
+});
+
 test('a /tasks/delete event makes a replica forget the node it remembered', async (t) => {
   const ns = testNamespace(t.name);
   const [r1, r2] = routers as [TasksRouter, TasksRouter];
