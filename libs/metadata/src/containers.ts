@@ -374,8 +374,10 @@ export class ContainerStore {
     };
     const encoded = rowToContainerBytes(row, true);
     try {
-      await this.sql`INSERT INTO metadata_namespaces (name) VALUES (${ns}) ON CONFLICT DO NOTHING`;
-      await this.sql`INSERT INTO metadata_containers
+      // The namespace and the container in one statement (one round trip, one commit), as
+      // containerd creates both in one transaction.
+      await this.sql`WITH ns AS (INSERT INTO metadata_namespaces (name) VALUES (${ns}) ON CONFLICT DO NOTHING)
+        INSERT INTO metadata_containers
         (namespace, id, labels, image, runtime_name, runtime_options, spec, snapshotter, snapshot_key, extensions, created_at, updated_at, message)
         VALUES (${ns}, ${row.id}, ${this.sql.json(row.labels)}, ${row.image}, ${row.runtime_name}, ${row.runtime_options},
                 ${row.spec}, ${row.snapshotter}, ${row.snapshot_key}, ${row.extensions}, ${now}, ${now}, ${encoded})`;
