@@ -77,7 +77,7 @@ export class SnapshotService {
 
   /**
    * Runs `create` with snapshot `key` held by the caller's lease, if any. The resource is
-   * recorded while `create` prepares, and `create` writes nothing before that has
+   * recorded while `create` prepares, and `create` commits nothing before that has
    * succeeded (it awaits the promise it is given): a missing lease fails the call with its
    * own error and creates nothing, as when it was recorded first. A failed create releases
    * the resource again.

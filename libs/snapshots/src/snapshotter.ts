@@ -255,7 +255,7 @@ export class Snapshotter {
   }
 
   /**
-   * `before`, when given, must resolve before the row is written (the caller's lease
+   * `before`, when given, must resolve before the row is committed (the caller's lease
    * recording, running meanwhile); its failure is this call's, reported before any of
    * the snapshot's own errors, and leaves nothing behind.
    */
@@ -288,7 +288,6 @@ export class Snapshotter {
         // a target or key row found is an error, which ends the transaction at once.
         const target = labels[LABEL_SNAPSHOT_REF];
         const rows = await this.findAll(tx, ns, [...new Set([key, ...(target ? [target] : []), ...(parent ? [parent] : [])])], 'share', true);
-        await before;
         const byKey = (k: string) => rows.find((r) => r.key === k);
         // containerd's order of checks: the target reference, the key, then the parent.
         if (target && byKey(target)) throw errAlreadyExists(`target snapshot ${JSON.stringify(target)}`);
@@ -318,6 +317,9 @@ export class Snapshotter {
           fsSync.renameSync(td, this.dir(id));
           renamedTo = this.dir(id);
         }
+        // The row is written meanwhile but committed (visible to anyone, the collector
+        // included) only once the caller's lease holds it; a failure rolls it back.
+        await before;
         return this.mountsOf(id, kind, parentIds);
       })) as Mount[];
     } catch (err) {
