@@ -29,7 +29,21 @@ export async function selectBinary(sql: Sql, select: string): Promise<BinaryRow[
   const stream = (await sql.unsafe(`COPY (${select}) TO STDOUT (FORMAT binary)`).readable()) as unknown as Readable;
   const parser = new CopyParser();
   try {
-    for await (const chunk of stream) parser.push(chunk as Buffer);
+    // 'data' events hand over each CopyData message as Postgres.js pushes it. Async iteration
+    // reads the stream's buffer instead, joining whatever messages queued there: a copy of
+    // most of the result in fresh buffers (for a 10k-container list, ~27 MB of external
+    // memory that makes V8 collect more often).
+    await new Promise<void>((resolve, reject) => {
+      stream.on('data', (chunk: Buffer) => {
+        try {
+          parser.push(chunk);
+        } catch (err) {
+          reject(err);
+        }
+      });
+      stream.once('end', resolve);
+      stream.once('error', reject);
+    });
   } finally {
     // Postgres.js 3.4 pauses its socket when a chunk fills the stream's buffer and resumes
     // it only from the stream's read(). When the end of the copy came in the same socket
