@@ -413,7 +413,9 @@ export class Bus {
         }, this.idleMs).unref(),
       });
     }
-    msg.respond(next.batch, { headers: h });
+    // Over a direct link the batch's memory comes back to the cursor once written.
+    if (msg.respondThen) msg.respondThen(next.batch, { headers: h }, () => cursor.reuse(next.batch));
+    else msg.respond(next.batch, { headers: h });
   }
 
   async close(): Promise<void> {

@@ -35,6 +35,11 @@ export interface Incoming {
   headers?: HeaderMap;
   reply?: string;
   respond(data?: Uint8Array, opts?: { headers?: MsgHdrs }): boolean;
+  /**
+   * As respond, and `written()` once the data has been handed to the kernel, after which
+   * the caller may reuse its memory (direct links only: NATS may still hold it).
+   */
+  respondThen?(data: Uint8Array, opts: { headers?: MsgHdrs } | undefined, written: () => void): boolean;
 }
 
 /** A reply as the client reads it; NATS's Msg has the same shape. */
@@ -163,27 +168,30 @@ export class DirectServer {
       const hstart = 10 + sl;
       const headers = decodeHeaders(f.subarray(hstart, hstart + hl));
       let answered = false;
+      const respondThen = (data: Uint8Array = new Uint8Array(0), opts?: { headers?: MsgHdrs }, written?: () => void): boolean => {
+        if (answered || sock.destroyed) return false;
+        answered = true;
+        const hb = encodeHeaders(opts?.headers);
+        const head = Buffer.allocUnsafe(12 + hb.length);
+        head.writeUInt32BE(8 + hb.length + data.byteLength, 0);
+        head.writeUInt32BE(id, 4);
+        head.writeUInt32BE(hb.length, 8);
+        hb.copy(head, 12);
+        sock.cork();
+        sock.write(head);
+        if (data.byteLength > 0) sock.write(data, written && ((err) => err || written()));
+        else written?.();
+        sock.uncork();
+        return true;
+      };
       this.dispatch({
         subject,
         direct: true,
         data: f.subarray(hstart + hl),
         headers,
         reply: `direct.${id}`,
-        respond: (data = new Uint8Array(0), opts) => {
-          if (answered || sock.destroyed) return false;
-          answered = true;
-          const hb = encodeHeaders(opts?.headers);
-          const head = Buffer.allocUnsafe(12 + hb.length);
-          head.writeUInt32BE(8 + hb.length + data.byteLength, 0);
-          head.writeUInt32BE(id, 4);
-          head.writeUInt32BE(hb.length, 8);
-          hb.copy(head, 12);
-          sock.cork();
-          sock.write(head);
-          if (data.byteLength > 0) sock.write(data);
-          sock.uncork();
-          return true;
-        },
+        respond: (data, opts) => respondThen(data, opts),
+        respondThen,
       });
     });
     sock.on('data', (chunk: Buffer) => {

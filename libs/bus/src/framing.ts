@@ -18,6 +18,10 @@ export class StreamCursor {
   private page: readonly Uint8Array[] = [];
   private pageAt = 0;
   private finished = false;
+  /** A batch buffer the transport has finished with (see `reuse`), for the next batch that fits. */
+  private spare?: Buffer;
+  /** The memory of the batches this cursor allocated for reuse. */
+  private readonly mine = new WeakSet<ArrayBufferLike>();
   /**
    * @param holdMs how long an empty batch may wait for a first message; after that an
    *   empty batch goes out as a heartbeat (long-lived streams such as event subscriptions).
@@ -87,8 +91,22 @@ export class StreamCursor {
     } finally {
       if (immediate) clearImmediate(immediate);
     }
-    // One buffer per batch, records written in place.
-    const batch = Buffer.allocUnsafe(size);
+    // One buffer per batch, records written in place: the spare one when it is large enough.
+    // A 10k-container list is ~27 MB in ~10 batches; fresh buffers each time add to the
+    // external memory whose growth makes V8 run its major collections.
+    let batch: Buffer;
+    if (this.spare && this.spare.length >= size) {
+      batch = this.spare.subarray(0, size);
+      this.spare = undefined;
+    } else if (size >= REUSABLE) {
+      // Its own memory (not node's shared pool), rounded up so that the next batch, of about
+      // the same size, fits.
+      const whole = Buffer.allocUnsafeSlow(Math.ceil(size / REUSABLE) * REUSABLE);
+      this.mine.add(whole.buffer);
+      batch = whole.subarray(0, size);
+    } else {
+      batch = Buffer.allocUnsafe(size);
+    }
     let o = 0;
     for (const { msg, off, n, more } of pieces) {
       batch.writeUInt32BE(n, o);
@@ -99,7 +117,18 @@ export class StreamCursor {
     return { batch, end: this.finished && !this.partial && this.pageAt >= this.page.length };
   }
 
+  /**
+   * `batch`, returned by `next`, has been written out (the transport holds no reference to
+   * it any more): its buffer may take a later batch. Never called for a batch handed to a
+   * transport that may still read it (NATS).
+   */
+  reuse(batch: Uint8Array): void {
+    if (!this.mine.has(batch.buffer) || (this.spare && this.spare.length >= batch.buffer.byteLength)) return;
+    this.spare = Buffer.from(batch.buffer);
+  }
+
   async cancel(): Promise<void> {
+    this.spare = undefined;
     this.partial = undefined;
     this.page = [];
     await this.it.return?.();
@@ -107,6 +136,8 @@ export class StreamCursor {
 }
 
 const NOT_YET = Symbol('not-yet');
+/** Batches from this size on get memory of their own, reusable (rounded up to a multiple of it). */
+const REUSABLE = 1024 * 1024;
 
 /** `p`'s result if it settles within `ms` (0: within this turn of the event loop). */
 function settleWithin<T>(p: Promise<T>, ms: number): Promise<T | typeof NOT_YET> {

@@ -49,6 +49,19 @@ async function serve(bus: Bus, name: string): Promise<void> {
         unary: async (d) => Buffer.from(JSON.stringify({ text: Buffer.from(d).toString(), by: bus.instance, ns: currentContext().namespace })),
       },
       {
+        // Messages of 1.2 MB, one per batch (a timer between them), each batch in the
+        // memory of an earlier one once that was written (StreamCursor.reuse).
+        method: 'Paced',
+        subject: serviceSubject('content', `Paced${name}`),
+        stream: async function* (d) {
+          const n = Number(Buffer.from(d).toString());
+          for (let i = 0; i < n; i++) {
+            yield Buffer.alloc(1_200_000 + i, i + 1);
+            await new Promise((r) => setTimeout(r, 2));
+          }
+        },
+      },
+      {
         method: 'Big',
         subject: serviceSubject('content', `Big${name}`),
         stream: async function* (d) {
@@ -105,6 +118,18 @@ test('a stream continues over the direct link, whole and in order', async () => 
   });
   await settled();
   assert.equal(seen.stream, 0, 'no continuation crossed nats-server');
+});
+
+test('batches written over the link from reused memory arrive intact', async () => {
+  for (const bus of [direct, plain]) {
+    const got: Uint8Array[] = [];
+    for await (const m of bus.requestStream(serviceSubject('content', 'PacedA'), Buffer.from('12'))) got.push(m);
+    assert.equal(got.length, 12);
+    got.forEach((m, i) => {
+      assert.equal(m.length, 1_200_000 + i);
+      assert.ok(m.every((b) => b === i + 1), `message ${i} intact`);
+    });
+  }
 });
 
 test('a caller without direct links gets the same stream over NATS', async () => {

@@ -64,3 +64,38 @@ test('a page that fills batches exactly still ends the stream with its last batc
   const b = await cursor.next();
   assert.deepEqual([a.batch.length, a.end, b.batch.length, b.end], [100, false, 100, true]);
 });
+
+test('a batch buffer given back once written takes a later batch; small ones never', async () => {
+  const MiB = 1024 * 1024;
+  async function* big() {
+    for (let i = 0; i < 6; i++) {
+      yield Buffer.alloc(MiB + 1000 * i, i + 1);
+      await new Promise((r) => setTimeout(r, 5)); // one message per batch
+    }
+  }
+  const cursor = new StreamCursor(big(), 8 * MiB);
+  const reader = new BatchReader();
+  const buffers: ArrayBufferLike[] = [];
+  const out: Buffer[] = [];
+  for (;;) {
+    const { batch, end } = await cursor.next();
+    buffers.push(batch.buffer);
+    // Read (copied, as a transport would send it) before the buffer is given back.
+    out.push(...reader.read(Buffer.from(batch)).map((b) => Buffer.from(b)));
+    cursor.reuse(batch);
+    if (end) break;
+  }
+  assert.deepEqual(out.map((b) => [b.length, b[0], b[b.length - 1]]), Array.from({ length: 6 }, (_, i) => [MiB + 1000 * i, i + 1, i + 1]));
+  // All six batches in the one buffer (rounded up to 2 MiB), not six fresh ones.
+  assert.equal(new Set(buffers).size, 1);
+  assert.equal(buffers[0]!.byteLength, 2 * MiB);
+
+  // Batches from node's shared pool (small) are left alone: other buffers live there.
+  const small = new StreamCursor((async function* () { yield Buffer.alloc(10, 1); yield Buffer.alloc(10, 2); })(), 100, 0);
+  const a = await small.next();
+  const keep = Buffer.from(a.batch);
+  small.reuse(a.batch);
+  const b = await small.next();
+  assert.ok(b.batch.buffer !== a.batch.buffer || b.batch.byteOffset !== a.batch.byteOffset);
+  assert.deepEqual(Buffer.from(a.batch), keep);
+});
