@@ -24,9 +24,16 @@ const SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
  * The rows of `select` (a query without parameters; quote values with `literal`), each
  * field in its binary representation. The whole result is read before this returns, so the
  * connection goes back to the pool at once whatever the caller does next; page large sets.
+ * `settings` (planner settings, constant names and values only) apply to this query alone:
+ * `SET LOCAL` in the same simple query, one implicit transaction.
  */
-export async function selectBinary(sql: Sql, select: string): Promise<BinaryRow[]> {
-  const stream = (await sql.unsafe(`COPY (${select}) TO STDOUT (FORMAT binary)`).readable()) as unknown as Readable;
+export async function selectBinary(sql: Sql, select: string, settings: Readonly<Record<string, string>> = {}): Promise<BinaryRow[]> {
+  let set = '';
+  for (const [k, v] of Object.entries(settings)) {
+    if (!/^[a-z_]+$/.test(k) || !/^[a-z0-9_]+$/.test(v)) throw new Error(`setting ${k}=${v}: not a plain name and value`);
+    set += `SET LOCAL ${k} = ${v}; `;
+  }
+  const stream = (await sql.unsafe(`${set}COPY (${select}) TO STDOUT (FORMAT binary)`).readable()) as unknown as Readable;
   const parser = new CopyParser();
   try {
     // 'data' events hand over each CopyData message as Postgres.js pushes it. Async iteration

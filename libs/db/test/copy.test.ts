@@ -46,6 +46,17 @@ test('fields come as their binary representation', async () => {
   assert.deepEqual(await selectBinary(sql, 'SELECT 1 WHERE false'), []);
 });
 
+test('settings apply to the one copy, not to the connection after it', async () => {
+  const q = `SELECT current_setting('enable_sort'), current_setting('enable_bitmapscan')`;
+  const [row] = await selectBinary(sql, q, { enable_sort: 'off', enable_bitmapscan: 'off' });
+  assert.deepEqual(row!.map((f) => f!.toString()), ['off', 'off']);
+  const [after] = await selectBinary(sql, q);
+  assert.deepEqual(after!.map((f) => f!.toString()), ['on', 'on']);
+  const [r] = await sql`SELECT current_setting('enable_sort') AS s`;
+  assert.equal(r!.s, 'on');
+  await assert.rejects(selectBinary(sql, 'SELECT 1', { 'enable_sort = off; DROP TABLE x; --': 'on' }), /not a plain name/);
+});
+
 test('literals read back unchanged whatever standard_conforming_strings is', async () => {
   const hostile = `a'b\\c''\\\\'); DROP TABLE x; --\n\t"$$`;
   for (const scs of ['on', 'off']) {
