@@ -6,7 +6,7 @@
 export { startNats, startPostgres, stopChild, freePort, PG_BIN } from './procs.js';
 export type { Running, RunningNats, RunningPostgres, PostgresOptions, StartNatsOptions, StartPostgresOptions } from './procs.js';
 // The eight apps, restarted when they exit, logging to <logDir>/<app>.log.
-export { Supervisor, APPS } from './supervisor.js';
+export { Supervisor, APPS, APP_ENV } from './supervisor.js';
 export type { AppName, SupervisorOptions } from './supervisor.js';
 // What a stopped stack's node agent left behind: tasks, shims, mounts.
 export { cleanupTasks, shimPids, unmountUnder } from './cleanup.js';
