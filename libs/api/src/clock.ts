@@ -9,13 +9,25 @@ let anchorWall = 0;
 let anchorHr = 0n;
 
 function anchor(): void {
-  // Spin until Date.now() ticks: the tick is the start of a millisecond to within the
-  // loop's resolution (a few microseconds). Costs at most one millisecond, rarely.
+  // Spin until Date.now() ticks: the tick is the start of a millisecond. The anchor is the
+  // monotonic reading taken just before the last Date.now() that still gave the old
+  // millisecond, so it is at or before the tick: estimates err late by one turn of the loop
+  // (well under a microsecond), never early. Anchoring after the tick (the reading after the
+  // loop) made stamps early by however long the process was descheduled there, enough to
+  // put an ingest's updated_at before the client's own reading taken ahead of its write.
+  // Costs at most one millisecond, rarely.
+  let before = process.hrtime.bigint();
   const start = Date.now();
-  let wall = start;
-  while (wall === start) wall = Date.now();
-  anchorWall = wall;
-  anchorHr = process.hrtime.bigint();
+  for (;;) {
+    const hr = process.hrtime.bigint();
+    const wall = Date.now();
+    if (wall !== start) {
+      anchorWall = wall;
+      anchorHr = before;
+      return;
+    }
+    before = hr;
+  }
 }
 
 /** Milliseconds since the epoch, with a microsecond fraction. */
