@@ -1,5 +1,4 @@
 // grpc.health.v1.Health, hand-encoded (two one-field messages; not in containerd's protos).
-import * as grpc from '@grpc/grpc-js';
 import { BinaryReader, BinaryWriter } from '@bufbuild/protobuf/wire';
 
 export const ServingStatus = { UNKNOWN: 0, SERVING: 1, NOT_SERVING: 2 } as const;
@@ -19,15 +18,4 @@ export function encodeCheckResponse(status: number): Buffer {
   return Buffer.from(new BinaryWriter().uint32(8).int32(status).finish());
 }
 
-export function healthDefinition(): grpc.ServiceDefinition {
-  const method = (name: string, responseStream: boolean): grpc.MethodDefinition<Buffer, Buffer> => ({
-    path: `/grpc.health.v1.Health/${name}`,
-    requestStream: false,
-    responseStream,
-    requestSerialize: (b: Buffer) => b,
-    requestDeserialize: (b: Buffer) => b,
-    responseSerialize: (b: Buffer) => b,
-    responseDeserialize: (b: Buffer) => b,
-  });
-  return { Check: method('Check', false), Watch: method('Watch', true) };
-}
+export const HEALTH_SERVICE = 'grpc.health.v1.Health';

@@ -2,21 +2,21 @@
 // It carries namespace, lease, deadline, node and trace context into bus headers and maps
 // containerd error classes back to gRPC status codes. Requests and replies pass through as
 // the client's own protobuf bytes; only content Write is decoded, to frame it for the bus.
+// gRPC itself is @flotilla/grpc's server (not grpc-js: see libs/grpc/src/server.ts).
 import fs from 'node:fs/promises';
-import type { Http2Server, ServerHttp2Session } from 'node:http2';
 import path from 'node:path';
 import { randomUUID, type Hash } from 'node:crypto';
-import * as grpc from '@grpc/grpc-js';
 import * as api from '@flotilla/api';
 import { canonicalDigester, digestOf, preciseNow } from '@flotilla/api';
 import type { ServiceDefinition } from '@flotilla/api';
 import { Bus, type CallContext } from '@flotilla/bus';
 import { ContainerdError, ErrorClass, classOf, grpcCodeOf, messageOf, errUnavailable, isUnavailable } from '@flotilla/errdefs';
+import { Code, GrpcError, GrpcServer, type BidiCall, type Call, type Status, type StreamingCall } from '@flotilla/grpc';
 import { SpanKind, extractTrace, openSpan, otelContext, withSpan, type Carrier } from '@flotilla/telemetry';
 import { routeFor, type Route } from './routes.js';
-import { decodeCheckRequest, encodeCheckResponse, healthDefinition, ServingStatus } from './health.js';
+import { HEALTH_SERVICE, decodeCheckRequest, encodeCheckResponse, ServingStatus } from './health.js';
 import { listPlugins } from './introspection.js';
-import { GrpcFramer, MessageWriter } from './stream-writer.js';
+import { GrpcFramer } from './framer.js';
 
 export interface GatewayOptions {
   bus: Bus;
@@ -34,11 +34,11 @@ const LEASE_KEY = 'containerd-lease';
 /** containerd's gRPC message limit (16 MiB), for both directions. */
 const MAX_MESSAGE = 16 << 20;
 /**
- * HTTP/2 receive windows the gateway offers its clients. Node's default is 64 KiB per stream
- * and per connection, so a client sending a 1 MiB message (ctr's content writes) stalls for
- * ~16 WINDOW_UPDATEs, each one a turn of the gateway's event loop. containerd's grpc-go grows
- * its windows to up to 16 MiB by measuring the connection; these are fixed sizes of that order.
- * They bound what one connection can make the gateway buffer.
+ * HTTP/2 receive windows the gateway offers its clients. With HTTP/2's default of 64 KiB per
+ * stream and per connection, a client sending a 1 MiB message (ctr's content writes) stalls
+ * for ~16 WINDOW_UPDATEs. containerd's grpc-go grows its windows to up to 16 MiB by measuring
+ * the connection; these are fixed sizes of that order. They bound what one connection can
+ * make the gateway buffer.
  */
 const STREAM_WINDOW = 4 << 20;
 const CONNECTION_WINDOW = 16 << 20;
@@ -50,42 +50,22 @@ const SERVICES: ServiceDefinition[] = [
   api.tasks.TasksDefinition, api.version.VersionDefinition,
 ] as unknown as ServiceDefinition[];
 
-const identity = (b: Buffer) => b;
-
-function rawDefinition(def: ServiceDefinition): grpc.ServiceDefinition {
-  const out: Record<string, grpc.MethodDefinition<Buffer, Buffer>> = {};
-  for (const m of Object.values(def.methods)) {
-    out[m.name] = {
-      path: `/${def.fullName}/${m.name}`,
-      requestStream: m.requestStream,
-      responseStream: m.responseStream,
-      requestSerialize: identity,
-      requestDeserialize: identity,
-      responseSerialize: identity,
-      responseDeserialize: identity,
-    };
-  }
-  return out;
-}
-
-function metadataCarrier(md: grpc.Metadata): Carrier {
-  return { get: (k) => (md.get(k)[0] as string | undefined) ?? undefined, set: () => {} };
+function headerCarrier(call: Call): Carrier {
+  return { get: (k) => call.header(k), set: () => {} };
 }
 
 /**
- * The first value of a header, as containerd reads it. A client that sends the header twice
- * (the Go client's WithNamespace appends) reaches grpc-js as one comma-joined value;
- * namespaces and lease ids cannot contain commas, so the first element is the first value.
+ * The first value of a header, as containerd reads it (`md.Get(key)[0]`): a client that sends
+ * the header twice (the Go client's WithNamespace appends) means the first.
  */
-function firstValue(md: grpc.Metadata, key: string): string | undefined {
-  const v = md.get(key)[0];
-  if (typeof v !== 'string') return undefined;
-  return v.split(',')[0]!.trim() || undefined;
+function firstValue(call: Call, key: string): string | undefined {
+  return call.header(key) || undefined;
 }
 
-function toStatus(err: unknown): Partial<grpc.StatusObject> {
-  const cls = classOf(err);
-  return { code: grpcCodeOf(cls) as number as grpc.status, details: messageOf(err) };
+/** The gRPC status a failure ends its call with: containerd's code for its error class. */
+function toStatus(err: unknown): Status {
+  if (err instanceof GrpcError) return { code: err.code, message: err.message };
+  return { code: grpcCodeOf(classOf(err)), message: messageOf(err) };
 }
 
 /**
@@ -130,7 +110,7 @@ const PIPELINE_BYTES = 8 << 20;
 const HELD_HOP_MS = 15_000;
 
 export class Gateway {
-  private server?: grpc.Server;
+  private server?: GrpcServer;
   private uuid = '';
   /** Whether the NATS connection is up (health answers NOT_SERVING while it is not). */
   private natsUp = true;
@@ -156,66 +136,49 @@ export class Gateway {
     }
   }
 
-  private contextOf(call: { metadata: grpc.Metadata; getDeadline(): grpc.Deadline }): CallContext {
-    const md = call.metadata;
+  private contextOf(call: Call): CallContext {
     const ctx: CallContext = { node: this.opts.nodeId };
-    const ns = firstValue(md, NAMESPACE_KEY);
+    const ns = firstValue(call, NAMESPACE_KEY);
     if (ns) ctx.namespace = ns;
-    const lease = firstValue(md, LEASE_KEY);
+    const lease = firstValue(call, LEASE_KEY);
     if (lease) ctx.lease = lease;
-    const dl = call.getDeadline();
-    const ms = dl instanceof Date ? dl.getTime() : dl;
-    if (Number.isFinite(ms) && ms > 0) ctx.deadline = ms;
+    if (call.deadline !== undefined) ctx.deadline = call.deadline;
     return ctx;
   }
 
   /** Runs a handler inside a server span continuing the client's trace. */
-  private traced<T>(pathName: string, md: grpc.Metadata, fn: () => Promise<T>): Promise<T> {
-    const parent = extractTrace(metadataCarrier(md), otelContext.active());
-    return withSpan(pathName, SpanKind.SERVER, parent, { 'rpc.system': 'grpc', 'rpc.method': pathName }, fn);
+  private traced<T>(call: Call, fn: () => Promise<T>): Promise<T> {
+    const parent = extractTrace(headerCarrier(call), otelContext.active());
+    return withSpan(call.path, SpanKind.SERVER, parent, { 'rpc.system': 'grpc', 'rpc.method': call.path }, fn);
   }
 
-  private unary(pathName: string, handler: (req: Buffer, ctx: CallContext) => Promise<Buffer>): grpc.handleUnaryCall<Buffer, Buffer> {
-    return (call, cb) => {
+  private unary(server: GrpcServer, pathName: string, handler: (req: Buffer, ctx: CallContext) => Promise<Uint8Array>): void {
+    server.unary(pathName, (req, call) => {
       const ctx = this.contextOf(call);
-      this.traced(pathName, call.metadata, () => handler(call.request, ctx)).then(
-        (res) => cb(null, res),
-        (err) => cb(toStatus(err)),
-      );
-    };
+      return this.traced(call, () => handler(req, ctx));
+    });
   }
 
-  private serverStream(pathName: string, subject: string): grpc.handleServerStreamingCall<Buffer, Buffer> {
-    return (call) => {
+  /**
+   * A server stream relayed batch by batch: a bus batch of whole messages becomes gRPC frames
+   * in place (framer.ts), so a 10k-container ListStream's 10,000 messages arrive in a few bus
+   * batches and leave as a few writes.
+   */
+  private serverStream(server: GrpcServer, pathName: string, subject: string): void {
+    server.serverStream(pathName, (req, call) => {
       const ctx = this.contextOf(call);
-      let cancelled = false;
-      call.on('cancelled', () => (cancelled = true));
-      this.traced(pathName, call.metadata, async () => {
-        // Straight to the HTTP/2 stream (stream-writer.ts): a 10k-container ListStream is
-        // 10,000 messages, which arrive in a few bus batches and leave as one write each.
-        const out = new MessageWriter(call, MAX_MESSAGE);
-        if (!out.direct) {
-          for await (const msg of this.opts.bus.requestStream(subject, call.request, ctx)) {
-            if (cancelled || !(await out.write(Buffer.from(msg.buffer, msg.byteOffset, msg.byteLength)))) return;
-          }
-          return;
-        }
+      return this.traced(call, async () => {
         const framer = new GrpcFramer(MAX_MESSAGE);
-        for await (const batch of this.opts.bus.requestBatches(subject, call.request, ctx)) {
+        for await (const batch of this.opts.bus.requestBatches(subject, req, ctx)) {
           for (const piece of framer.push(batch)) {
-            if (cancelled) return;
-            const more = Buffer.isBuffer(piece) ? await out.writeFrames(piece) : await out.write(piece.oversize);
-            if (!more) return;
+            if (call.cancelled) return;
+            const more = Buffer.isBuffer(piece) ? call.writeFrames(piece) : call.write(piece.oversize);
+            if (!more && !(await call.drained())) return;
           }
         }
         if (framer.incomplete) throw errUnavailable(`${subject}: stream ended inside a message`);
-      }).then(
-        () => call.end(),
-        // grpc-js sends a server stream's status from its 'error' event; destroy() would
-        // leave the client waiting.
-        (err) => call.emit('error', Object.assign(new Error(messageOf(err)), toStatus(err))),
-      );
-    };
+      });
+    });
   }
 
   /**
@@ -232,20 +195,15 @@ export class Gateway {
    * containerd's own buffered writers report errors late; nothing is committed without the
    * content service's own answer to the COMMIT.
    */
-  private contentWrite(): grpc.handleBidiStreamingCall<Buffer, Buffer> {
+  private contentWrite(): (call: BidiCall) => Promise<void> {
     const { bus } = this.opts;
     const WA = api.content.WriteAction;
-    const pathName = `/${api.content.ContentDefinition.fullName}/Write`;
-    return (call) => {
+    return async (call) => {
       const ctx = this.contextOf(call);
       // One server span for the whole stream; each step's bus request runs inside it.
-      const span = openSpan(pathName, SpanKind.SERVER, extractTrace(metadataCarrier(call.metadata), otelContext.active()), { 'rpc.system': 'grpc', 'rpc.method': pathName });
+      const span = openSpan(call.path, SpanKind.SERVER, extractTrace(headerCarrier(call), otelContext.active()), { 'rpc.system': 'grpc', 'rpc.method': call.path });
       let session = '';
       let next = '';
-      let finished = false;
-      const queue: Buffer[] = [];
-      let busy = false;
-      let ended = false;
       // Pipelining state: the last response the content service sent, the offset the
       // stream reaches once every step in flight lands, and the digest of bytes 0..offset
       // (undefined while the gateway has not seen the stream from offset 0).
@@ -255,13 +213,6 @@ export class Gateway {
       const inflight: { bytes: number; done: Promise<void> }[] = [];
       let inflightBytes = 0;
       let asyncError: unknown;
-      const fail = (err: unknown) => {
-        if (finished) return;
-        finished = true;
-        span.end(err);
-        void closeSession();
-        call.emit('error', Object.assign(new Error(messageOf(err)), toStatus(err)));
-      };
       const closeSession = async () => {
         if (!session) return;
         const s = session;
@@ -297,7 +248,7 @@ export class Gateway {
         // moment the client learns the write is done: the ingest's updated_at.
         hash!.update(req.data);
         offset += req.data.length;
-        call.write(Buffer.from(api.content.WriteContentResponse.encode({ ...last!, action: WA.WRITE, offset, digest: digestOf(hash!) }).finish()));
+        call.write(api.content.WriteContentResponse.encode({ ...last!, action: WA.WRITE, offset, digest: digestOf(hash!) }).finish());
         const entry = { bytes: req.data.length, done: Promise.resolve() };
         entry.done = send(buf, preciseNow()).then(
           (reply) => {
@@ -313,12 +264,13 @@ export class Gateway {
         inflight.push(entry);
         inflightBytes += entry.bytes;
       };
-      const handle = async (buf: Buffer) => {
+      /** One client message; true once the content service has ended the session (a COMMIT). */
+      const handle = async (buf: Buffer): Promise<boolean> => {
         const req = api.content.WriteContentRequest.decode(buf);
         const limit = bus.chunkLimit - 4096;
         if (hash && last && session && req.action === WA.WRITE && !req.expected && req.data.length > 0 && req.data.length <= limit && (req.offset === offset || req.offset === 0)) {
           await pipelined(buf, req);
-          return;
+          return false;
         }
         await drain();
         let reply: api.flotillaContent.WriteStepReply;
@@ -348,110 +300,72 @@ export class Gateway {
         }
         last = reply.response!;
         offset = last.offset;
-        call.write(Buffer.from(api.content.WriteContentResponse.encode(last).finish()));
-        if (reply.done) {
-          session = '';
-          finished = true;
-          span.end();
-          call.end();
-        }
+        call.write(api.content.WriteContentResponse.encode(last).finish());
+        if (reply.done) session = '';
+        return reply.done;
       };
-      const pump = async () => {
-        if (busy) return;
-        busy = true;
-        try {
-          while (queue.length > 0 && !finished) await handle(queue.shift()!);
-          if (ended && !finished) {
-            // The content service closes the session after the steps still in flight (a
-            // client that closed its stream reads no more answers, as with containerd).
-            finished = true;
-            await closeSession();
-            span.end();
-            call.end();
+      try {
+        await otelContext.with(span.context, async () => {
+          for (let buf = await call.read(); buf; buf = await call.read()) {
+            if (await handle(buf)) return;
           }
-        } catch (err) {
-          fail(err);
-        } finally {
-          busy = false;
-        }
-      };
-      call.on('data', (b: Buffer) => {
-        queue.push(b);
-        void otelContext.with(span.context, pump);
-      });
-      call.on('end', () => {
-        ended = true;
-        void otelContext.with(span.context, pump);
-      });
-      call.on('cancelled', () => {
-        finished = true;
-        span.end(new Error('cancelled'));
-        void closeSession();
-      });
-      call.on('error', (err) => {
+          // The client closed its stream: the content service closes the session after the
+          // steps still in flight (a client that closed its stream reads no more answers, as
+          // with containerd).
+          await closeSession();
+        });
+        span.end();
+      } catch (err) {
+        // Also a cancelled call (read() throws): the session is closed, the ingest stays.
         span.end(err);
         void closeSession();
-      });
+        throw err;
+      }
     };
   }
 
-  private forward(def: ServiceDefinition, route: Route): grpc.UntypedServiceImplementation {
-    const impl: grpc.UntypedServiceImplementation = {};
+  /** Registers every method of a forwarded service: each becomes a bus call to `route(method)`. */
+  private forward(server: GrpcServer, def: ServiceDefinition, route: Route): void {
     for (const m of Object.values(def.methods)) {
       const pathName = `/${def.fullName}/${m.name}`;
       const subject = route(m.name);
       if (m.requestStream) {
-        if (def.fullName === api.content.ContentDefinition.fullName && m.name === 'Write') impl[m.name] = this.contentWrite();
+        if (def.fullName === api.content.ContentDefinition.fullName && m.name === 'Write') server.bidi(pathName, this.contentWrite());
         continue;
       }
-      if (def.fullName === api.tasks.TasksDefinition.fullName && m.name === 'Wait') {
-        impl[m.name] = this.unary(pathName, (req, ctx) => this.held(subject, req, ctx));
-        continue;
-      }
-      impl[m.name] = m.responseStream
-        ? this.serverStream(pathName, subject)
-        : this.unary(pathName, async (req, ctx) => Buffer.from(await this.opts.bus.request(subject, req, ctx)));
+      if (def.fullName === api.tasks.TasksDefinition.fullName && m.name === 'Wait') this.unary(server, pathName, (req, ctx) => this.held(subject, req, ctx));
+      else if (m.responseStream) this.serverStream(server, pathName, subject);
+      else this.unary(server, pathName, (req, ctx) => this.opts.bus.request(subject, req, ctx));
     }
-    return impl;
   }
 
   /** Services the gateway answers itself: version, introspection and health. */
-  private local(def: ServiceDefinition): grpc.UntypedServiceImplementation {
+  private local(server: GrpcServer, def: ServiceDefinition): void {
     const { version: V, introspection: I } = api;
     if (def.fullName === V.VersionDefinition.fullName) {
-      return {
-        Version: this.unary(`/${def.fullName}/Version`, async () =>
-          Buffer.from(V.VersionResponse.encode({ version: this.opts.version, revision: this.opts.revision }).finish())),
-      };
+      this.unary(server, `/${def.fullName}/Version`, async () => V.VersionResponse.encode({ version: this.opts.version, revision: this.opts.revision }).finish());
+    } else if (def.fullName === I.IntrospectionDefinition.fullName) {
+      this.unary(server, `/${def.fullName}/Plugins`, async (req) => {
+        const r = I.PluginsRequest.decode(req);
+        const plugins = await listPlugins(this.opts.bus, this.opts.nodeId, r.filters);
+        return I.PluginsResponse.encode({ plugins }).finish();
+      });
+      this.unary(server, `/${def.fullName}/Server`, async () => I.ServerResponse.encode({ uuid: this.uuid }).finish());
     }
-    if (def.fullName === I.IntrospectionDefinition.fullName) {
-      return {
-        Plugins: this.unary(`/${def.fullName}/Plugins`, async (req) => {
-          const r = I.PluginsRequest.decode(req);
-          const plugins = await listPlugins(this.opts.bus, this.opts.nodeId, r.filters);
-          return Buffer.from(I.PluginsResponse.encode({ plugins }).finish());
-        }),
-        Server: this.unary(`/${def.fullName}/Server`, async () => Buffer.from(I.ServerResponse.encode({ uuid: this.uuid }).finish())),
-      };
-    }
-    return {};
   }
 
-  private health(): grpc.UntypedServiceImplementation {
+  private health(server: GrpcServer): void {
     const status = () => (this.opts.bus.nc.isClosed() || !this.natsUp ? ServingStatus.NOT_SERVING : ServingStatus.SERVING);
-    return {
-      Check: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
-        const { service } = decodeCheckRequest(call.request);
-        if (service && service !== 'containerd' && !service.startsWith('containerd.')) {
-          cb({ code: grpc.status.NOT_FOUND, details: 'unknown service' });
-          return;
-        }
-        cb(null, encodeCheckResponse(status()));
-      },
-      Watch: (call: grpc.ServerWritableStream<Buffer, Buffer>) => {
-        call.write(encodeCheckResponse(status()));
-      },
-    };
+    server.unary(`/${HEALTH_SERVICE}/Check`, async (req) => {
+      const { service } = decodeCheckRequest(req);
+      if (service && service !== 'containerd' && !service.startsWith('containerd.')) throw new GrpcError(Code.NOT_FOUND, 'unknown service');
+      return encodeCheckResponse(status());
+    });
+    // One answer, then the stream stays open until the client leaves.
+    server.serverStream(`/${HEALTH_SERVICE}/Watch`, async (_req, call: StreamingCall) => {
+      call.write(encodeCheckResponse(status()));
+      await new Promise<void>((resolve) => call.onCancel(resolve));
+    });
   }
 
   async start(): Promise<void> {
@@ -469,55 +383,30 @@ export class Gateway {
       this.uuid = randomUUID();
       await fs.writeFile(uuidFile, this.uuid);
     }
-    const server = new grpc.Server({
-      'grpc.max_receive_message_length': MAX_MESSAGE,
-      'grpc.max_send_message_length': MAX_MESSAGE,
-      // channelz keeps per-call counters and trackers that nothing here reads.
-      'grpc.enable_channelz': 0,
+    const server = new GrpcServer({
+      maxReceiveMessage: MAX_MESSAGE,
+      maxSendMessage: MAX_MESSAGE,
+      streamWindow: STREAM_WINDOW,
+      connectionWindow: CONNECTION_WINDOW,
+      statusOf: toStatus,
     });
     for (const def of SERVICES) {
       const route = routeFor(def.fullName, this.opts.nodeId);
-      server.addService(rawDefinition(def), route ? this.forward(def, route) : this.local(def));
+      if (route) this.forward(server, def, route);
+      else this.local(server, def);
     }
-    server.addService(healthDefinition(), this.health());
+    this.health(server);
     await fs.mkdir(path.dirname(socket), { recursive: true });
-    await fs.rm(socket, { force: true });
-    await new Promise<void>((resolve, reject) =>
-      server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-    );
+    await server.listen(socket);
     await fs.chmod(socket, 0o660);
-    widenFlowControl(server);
     this.server = server;
   }
 
   async stop(): Promise<void> {
     const s = this.server;
     if (!s) return;
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => {
-        s.forceShutdown();
-        resolve();
-      }, 3000);
-      s.tryShutdown(() => {
-        clearTimeout(t);
-        resolve();
-      });
-    });
+    await s.close(3000);
     await fs.rm(this.opts.socket, { force: true });
-  }
-}
-
-/**
- * Applies STREAM_WINDOW and CONNECTION_WINDOW to the HTTP/2 servers under a bound grpc-js
- * Server. grpc-js has no option for them, so this reaches its private `http2Servers` map;
- * test/ingest-direct.test.ts checks the windows a client is offered, so a grpc-js upgrade that
- * moves the map fails there instead of silently losing them.
- */
-function widenFlowControl(server: grpc.Server): void {
-  const servers = (server as unknown as { http2Servers?: Map<Http2Server, unknown> }).http2Servers;
-  for (const h2 of servers?.keys() ?? []) {
-    h2.updateSettings({ initialWindowSize: STREAM_WINDOW });
-    h2.on('session', (session: ServerHttp2Session) => session.setLocalWindowSize(CONNECTION_WINDOW));
   }
 }
 
