@@ -1,5 +1,6 @@
 // Bus stream batches as gRPC frames: the server-stream relay's re-framing in place.
 import { RECORD_HEADER, forEachRecord } from '@flotilla/bus';
+import { messagePrefix } from '@flotilla/grpc';
 
 /**
  * Turns the bus's stream batches (records `u32 length | u8 flags | bytes`, framing.ts) into
@@ -46,9 +47,6 @@ export class GrpcFramer {
     this.parts = [];
     this.partSize = 0;
     if (msg.length > this.maxMessage) return { oversize: msg };
-    const head = Buffer.allocUnsafe(5);
-    head[0] = 0;
-    head.writeUInt32BE(msg.length, 1);
-    return Buffer.concat([head, msg]);
+    return Buffer.concat([messagePrefix(msg.length), msg]);
   }
 }

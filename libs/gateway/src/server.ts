@@ -10,8 +10,8 @@ import * as api from '@flotilla/api';
 import { canonicalDigester, digestOf, preciseNow } from '@flotilla/api';
 import type { ServiceDefinition } from '@flotilla/api';
 import { Bus, type CallContext } from '@flotilla/bus';
-import { ContainerdError, ErrorClass, classOf, grpcCodeOf, messageOf, errUnavailable, isUnavailable } from '@flotilla/errdefs';
-import { Code, GrpcError, GrpcServer, type BidiCall, type Call, type Status, type StreamingCall } from '@flotilla/grpc';
+import { ContainerdError, ErrorClass, GrpcCode, classOf, grpcCodeOf, messageOf, errUnavailable, isUnavailable } from '@flotilla/errdefs';
+import { GrpcError, GrpcServer, type BidiCall, type Call, type Status, type StreamingCall } from '@flotilla/grpc';
 import { SpanKind, extractTrace, openSpan, otelContext, withSpan, type Carrier } from '@flotilla/telemetry';
 import { routeFor, type Route } from './routes.js';
 import { HEALTH_SERVICE, decodeCheckRequest, encodeCheckResponse, ServingStatus } from './health.js';
@@ -358,7 +358,7 @@ export class Gateway {
     const status = () => (this.opts.bus.nc.isClosed() || !this.natsUp ? ServingStatus.NOT_SERVING : ServingStatus.SERVING);
     server.unary(`/${HEALTH_SERVICE}/Check`, async (req) => {
       const { service } = decodeCheckRequest(req);
-      if (service && service !== 'containerd' && !service.startsWith('containerd.')) throw new GrpcError(Code.NOT_FOUND, 'unknown service');
+      if (service && service !== 'containerd' && !service.startsWith('containerd.')) throw new GrpcError(GrpcCode.NotFound, 'unknown service');
       return encodeCheckResponse(status());
     });
     // One answer, then the stream stays open until the client leaves.

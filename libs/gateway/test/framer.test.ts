@@ -8,7 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { StreamCursor } from '@flotilla/bus';
-import { Code, GrpcError, GrpcServer, type StreamingCall } from '@flotilla/grpc';
+import { GrpcCode } from '@flotilla/errdefs';
+import { GrpcError, GrpcServer, type StreamingCall } from '@flotilla/grpc';
 import { GrpcFramer } from '../src/framer.js';
 
 const identity = (b: Buffer) => b;
@@ -60,7 +61,7 @@ const cases: Record<string, (w: StreamingCall) => Promise<boolean[]>> = {
   error: async (w) => {
     const out = [await put(w, message(0, 10)), await put(w, message(1, 10))];
     seen.set('error', { results: out });
-    throw new GrpcError(Code.NOT_FOUND, 'not found here');
+    throw new GrpcError(GrpcCode.NotFound, 'not found here');
   },
   tooLarge: async (w) => [await put(w, message(0, 10)), await put(w, message(1, LIMIT + 1))],
   // As the gateway relays a ListStream: bus batches re-framed, one write per run of frames.

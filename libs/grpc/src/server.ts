@@ -16,7 +16,8 @@
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import { HpackDecoder, HpackError, encodeHeaders } from './hpack.js';
-import { Code, GrpcError, encodeGrpcMessage, messagePrefix, parseGrpcTimeout, type Status } from './status.js';
+import { GrpcCode } from '@flotilla/errdefs';
+import { GrpcError, encodeGrpcMessage, messagePrefix, parseGrpcTimeout, type Status } from './status.js';
 
 export interface ServerOptions {
   /** Largest request message accepted; a larger one ends its call with RESOURCE_EXHAUSTED. */
@@ -129,7 +130,7 @@ function trailersBlock(status: Status, only: boolean): Buffer {
 
 function defaultStatusOf(err: unknown): Status {
   if (err instanceof GrpcError) return { code: err.code, message: err.message };
-  return { code: Code.UNKNOWN, message: err instanceof Error ? err.message : String(err) };
+  return { code: GrpcCode.Unknown, message: err instanceof Error ? err.message : String(err) };
 }
 
 export class GrpcServer {
@@ -177,10 +178,10 @@ export class GrpcServer {
     const h = this.handlers.get(path);
     if (h) return h;
     const slash = path.lastIndexOf('/');
-    if (!path.startsWith('/') || slash <= 1) return { code: Code.UNIMPLEMENTED, message: `malformed method name: ${JSON.stringify(path)}` };
+    if (!path.startsWith('/') || slash <= 1) return { code: GrpcCode.Unimplemented, message: `malformed method name: ${JSON.stringify(path)}` };
     const service = path.slice(1, slash);
     return {
-      code: Code.UNIMPLEMENTED,
+      code: GrpcCode.Unimplemented,
       message: this.services.has(service) ? `unknown method ${path.slice(slash + 1)} for service ${service}` : `unknown service ${service}`,
     };
   }
@@ -678,7 +679,7 @@ class Stream implements BidiCall {
     const timeout = this.header('grpc-timeout');
     if (timeout !== undefined) {
       const ms = parseGrpcTimeout(timeout);
-      if (ms === undefined) return this.finish({ code: Code.INTERNAL, message: `malformed grpc-timeout: ${timeout}` });
+      if (ms === undefined) return this.finish({ code: GrpcCode.Internal, message: `malformed grpc-timeout: ${timeout}` });
       this.deadline = Date.now() + ms;
       this.timer = setTimeout(() => this.expire(), Math.max(0, ms));
     }
@@ -704,7 +705,7 @@ class Stream implements BidiCall {
       p = Promise.reject(err);
     }
     p.then(
-      () => this.finish({ code: Code.OK, message: '' }),
+      () => this.finish({ code: GrpcCode.OK, message: '' }),
       (err) => this.finish(this.conn.server.opts.statusOf(err)),
     );
   }
@@ -784,12 +785,12 @@ class Stream implements BidiCall {
     if (compressed !== 0) {
       const enc = this.header('grpc-encoding');
       this.finish(enc && enc !== 'identity'
-        ? { code: Code.UNIMPLEMENTED, message: `grpc: Decompressor is not installed for grpc-encoding "${enc}"` }
-        : { code: Code.INTERNAL, message: 'grpc: compressed flag set with identity or empty encoding' });
+        ? { code: GrpcCode.Unimplemented, message: `grpc: Decompressor is not installed for grpc-encoding "${enc}"` }
+        : { code: GrpcCode.Internal, message: 'grpc: compressed flag set with identity or empty encoding' });
       return false;
     }
     if (len > max) {
-      this.finish({ code: Code.RESOURCE_EXHAUSTED, message: `grpc: received message larger than max (${len} vs. ${max})` });
+      this.finish({ code: GrpcCode.ResourceExhausted, message: `grpc: received message larger than max (${len} vs. ${max})` });
       return false;
     }
     return true;
@@ -798,7 +799,7 @@ class Stream implements BidiCall {
   private deliver(m: Buffer): void {
     this.messages++;
     if (this.handler?.kind !== 'bidi') {
-      if (this.messages > 1) return this.finish({ code: Code.UNIMPLEMENTED, message: 'grpc: more than one request message for a unary request' });
+      if (this.messages > 1) return this.finish({ code: GrpcCode.Unimplemented, message: 'grpc: more than one request message for a unary request' });
       this.request = m;
       return;
     }
@@ -822,7 +823,7 @@ class Stream implements BidiCall {
   }
 
   read(): Promise<Buffer | undefined> {
-    if (this.cancelled) return Promise.reject(new GrpcError(Code.CANCELLED, 'cancelled'));
+    if (this.cancelled) return Promise.reject(new GrpcError(GrpcCode.Canceled, 'cancelled'));
     const m = this.inbox.shift();
     if (m) {
       this.inboxBytes -= m.length + 5;
@@ -841,11 +842,11 @@ class Stream implements BidiCall {
   onRemoteEnd(): void {
     if (this.remoteClosed) return;
     this.remoteClosed = true;
-    if (!this.ended && (this.msg || this.prefixFill > 0)) this.finish({ code: Code.INTERNAL, message: 'grpc: stream ended inside a message' });
+    if (!this.ended && (this.msg || this.prefixFill > 0)) this.finish({ code: GrpcCode.Internal, message: 'grpc: stream ended inside a message' });
     const h = this.handler;
     if (!this.ended && h && h.kind !== 'bidi') {
       const req = this.request;
-      if (!req) this.finish({ code: Code.UNIMPLEMENTED, message: 'grpc: no request message for a unary request' });
+      if (!req) this.finish({ code: GrpcCode.Unimplemented, message: 'grpc: no request message for a unary request' });
       else if (h.kind === 'unary') {
         const fn = h.fn;
         this.run(async () => {
@@ -899,7 +900,7 @@ class Stream implements BidiCall {
     if (this.reader) {
       const r = this.reader;
       this.reader = undefined;
-      r.reject(new GrpcError(Code.CANCELLED, 'cancelled'));
+      r.reject(new GrpcError(GrpcCode.Canceled, 'cancelled'));
     }
     for (const fn of this.drainWaiters?.splice(0) ?? []) fn(false);
     for (const fn of this.cancelFns?.splice(0) ?? []) {
@@ -916,7 +917,7 @@ class Stream implements BidiCall {
     if (this.localClosed) return;
     const only = !this.headersSent;
     this.abort();
-    this.conn.frame(HEADERS, END_HEADERS | END_STREAM, this.id, trailersBlock({ code: Code.DEADLINE_EXCEEDED, message: 'context deadline exceeded' }, only));
+    this.conn.frame(HEADERS, END_HEADERS | END_STREAM, this.id, trailersBlock({ code: GrpcCode.DeadlineExceeded, message: 'context deadline exceeded' }, only));
     if (!this.remoteClosed) this.conn.resetStream(this.id, NO_ERROR);
     this.remoteClosed = true;
     this.conn.removeStream(this);
@@ -928,7 +929,7 @@ class Stream implements BidiCall {
     if (this.ended) return false;
     const max = this.conn.server.opts.maxSendMessage;
     if (msg.length > max) {
-      this.finish({ code: Code.RESOURCE_EXHAUSTED, message: `grpc: trying to send message larger than max (${msg.length} vs. ${max})` });
+      this.finish({ code: GrpcCode.ResourceExhausted, message: `grpc: trying to send message larger than max (${msg.length} vs. ${max})` });
       return false;
     }
     this.queue(messagePrefix(msg.length));
@@ -1039,7 +1040,7 @@ class Stream implements BidiCall {
     this.trailers = trailersBlock(status, only);
     this.headersSent = true;
     // Nothing more is read after an error.
-    if (status.code !== Code.OK) this.dropInbox();
+    if (status.code !== GrpcCode.OK) this.dropInbox();
     this.conn.pump(this);
   }
 

@@ -1,26 +1,5 @@
-// gRPC's wire conventions that are not HTTP/2: status codes, grpc-message's percent-encoding,
-// grpc-timeout, and the 5-byte message prefix.
-
-/** gRPC status codes (the numbering every gRPC implementation shares). */
-export const Code = {
-  OK: 0,
-  CANCELLED: 1,
-  UNKNOWN: 2,
-  INVALID_ARGUMENT: 3,
-  DEADLINE_EXCEEDED: 4,
-  NOT_FOUND: 5,
-  ALREADY_EXISTS: 6,
-  PERMISSION_DENIED: 7,
-  RESOURCE_EXHAUSTED: 8,
-  FAILED_PRECONDITION: 9,
-  ABORTED: 10,
-  OUT_OF_RANGE: 11,
-  UNIMPLEMENTED: 12,
-  INTERNAL: 13,
-  UNAVAILABLE: 14,
-  DATA_LOSS: 15,
-  UNAUTHENTICATED: 16,
-} as const;
+// gRPC's wire conventions that are not HTTP/2: grpc-message's percent-encoding, grpc-timeout
+// and the 5-byte message prefix. Status codes are @flotilla/errdefs' GrpcCode, the one table.
 
 export interface Status {
   code: number;

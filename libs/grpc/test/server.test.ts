@@ -9,7 +9,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { Code, GrpcError, GrpcServer, type BidiCall } from '@flotilla/grpc';
+import { GrpcCode } from '@flotilla/errdefs';
+import { GrpcError, GrpcServer, type BidiCall } from '@flotilla/grpc';
 
 const identity = (b: Buffer) => b;
 const method = (name: string, requestStream: boolean, responseStream: boolean): grpc.MethodDefinition<Buffer, Buffer> => ({
@@ -45,7 +46,7 @@ before(async () => {
   });
   server.unary('/test.Svc/Hang', (req, call) => new Promise((_resolve, reject) => call.onCancel(() => {
     cancelled.add(`Hang:${req.toString()}`);
-    reject(new GrpcError(Code.CANCELLED, 'cancelled'));
+    reject(new GrpcError(GrpcCode.Canceled, 'cancelled'));
   })));
   server.serverStream('/test.Svc/Count', async (req, call) => {
     const n = Number(req.toString());
@@ -58,7 +59,7 @@ before(async () => {
   });
   const chat = async (call: BidiCall) => {
     for (let m = await call.read(); m; m = await call.read()) {
-      if (m.toString() === 'fail') throw new GrpcError(Code.FAILED_PRECONDITION, 'told to fail');
+      if (m.toString() === 'fail') throw new GrpcError(GrpcCode.FailedPrecondition, 'told to fail');
       call.write(Buffer.concat([Buffer.from('re:'), m]));
     }
   };
@@ -104,7 +105,7 @@ test('unary: messages larger than every window go both ways', async () => {
 });
 
 test('errors: code and message arrive as thrown, the message percent-encoded on the wire', async () => {
-  for (const code of [Code.NOT_FOUND, Code.ALREADY_EXISTS, Code.FAILED_PRECONDITION, Code.UNAVAILABLE]) {
+  for (const code of [GrpcCode.NotFound, GrpcCode.AlreadyExists, GrpcCode.FailedPrecondition, GrpcCode.Unavailable]) {
     await assert.rejects(unary('Fail', Buffer.from(String(code))), (e: grpc.ServiceError) => e.code === code && e.details === 'it failed: «naïve» 100% ✓\nline two');
   }
 });
