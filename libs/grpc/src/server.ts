@@ -67,6 +67,14 @@ export interface StreamingCall extends Call {
 export interface BidiCall extends StreamingCall {
   /** The next message, or undefined once the client has half-closed. Throws if cancelled. */
   read(): Promise<Buffer | undefined>;
+  /**
+   * `msg`, returned by read(), is referenced nowhere any more: its memory may take a later
+   * message of this call. Optional; a message never given back is collected as usual. Large
+   * messages that stay alive across collections (an ingest's, in flight to the content
+   * service) are otherwise freed only by V8's major collections, which their external
+   * memory then sets off every few MiB.
+   */
+  recycle(msg: Buffer): void;
 }
 
 export type UnaryHandler = (request: Buffer, call: Call) => Promise<Uint8Array>;
@@ -414,29 +422,40 @@ class Connection {
 
   private onData(chunk: Buffer): void {
     if (this.closed) return;
-    let buf = chunk;
-    if (this.partsLen > 0) {
-      this.parts.push(chunk);
-      this.partsLen += chunk.length;
-      if (this.partsLen < this.need) return;
-      buf = Buffer.concat(this.parts, this.partsLen);
-      this.parts = [];
-      this.partsLen = 0;
-    }
     let off = 0;
     if (this.prefaceLeft > 0) {
-      const n = Math.min(this.prefaceLeft, buf.length);
+      const n = Math.min(this.prefaceLeft, chunk.length);
       const at = PREFACE.length - this.prefaceLeft;
-      if (buf.compare(PREFACE, at, at + n, 0, n) !== 0) throw new ConnectionError(PROTOCOL_ERROR, 'not an HTTP/2 client preface');
+      if (chunk.compare(PREFACE, at, at + n, 0, n) !== 0) throw new ConnectionError(PROTOCOL_ERROR, 'not an HTTP/2 client preface');
       this.prefaceLeft -= n;
       off = n;
     }
+    // A frame (or its header) begun in an earlier read: join only that frame, from as much
+    // of this chunk as it needs, then go on in the chunk itself. (Joining whole reads would
+    // copy every byte once more, a frame straddling nearly every 64 KiB read.)
+    while (this.partsLen > 0) {
+      const n = Math.min(this.need - this.partsLen, chunk.length - off);
+      this.parts.push(chunk.subarray(off, off + n));
+      this.partsLen += n;
+      off += n;
+      if (this.partsLen < this.need) return;
+      const piece = Buffer.concat(this.parts, this.partsLen);
+      this.parts = [];
+      this.partsLen = 0;
+      this.keep(piece, this.frames(piece, 0)); // only a header: the frame is still to come
+      if (this.closed) return;
+    }
+    this.keep(chunk, this.frames(chunk, off));
+  }
+
+  /** Handles the whole frames in buf from `off`; returns where an incomplete one starts (and sets `need`). */
+  private frames(buf: Buffer, off: number): number {
     while (buf.length - off >= FRAME_HEADER) {
       const len = (buf[off]! << 16) | (buf[off + 1]! << 8) | buf[off + 2]!;
       if (len > MAX_FRAME) throw new ConnectionError(FRAME_SIZE_ERROR, `frame of ${len} bytes`);
       if (buf.length - off < FRAME_HEADER + len) {
         this.need = FRAME_HEADER + len;
-        break;
+        return off;
       }
       const type = buf[off + 3]!;
       const flags = buf[off + 4]!;
@@ -444,14 +463,17 @@ class Connection {
       const payload = buf.subarray(off + FRAME_HEADER, off + FRAME_HEADER + len);
       off += FRAME_HEADER + len;
       this.onFrame(type, flags, id, payload);
-      if (this.closed) return;
+      if (this.closed) return buf.length;
     }
-    if (off < buf.length) {
-      if (buf.length - off < FRAME_HEADER) this.need = FRAME_HEADER;
-      const rest = buf.subarray(off);
-      this.parts = [rest];
-      this.partsLen = rest.length;
-    }
+    if (off < buf.length) this.need = FRAME_HEADER;
+    return off;
+  }
+
+  /** Keeps buf from `from` (the start of an incomplete frame) for the next read. */
+  private keep(buf: Buffer, from: number): void {
+    if (from >= buf.length) return;
+    this.parts = [buf.subarray(from)];
+    this.partsLen = buf.length - from;
   }
 
   private onFrame(type: number, flags: number, id: number, p: Buffer): void {
@@ -619,6 +641,14 @@ class Connection {
 type OutItem = Uint8Array;
 
 /** One gRPC call on its HTTP/2 stream. */
+/** Messages this large get memory of their own, which recycle() can take back. */
+const RECYCLED_FROM = 64 * 1024;
+const RECYCLE_ROUND = 64 * 1024;
+/** Recycled memory kept per call: enough for an ingest's pipeline (the gateway's 8 MiB in flight). */
+const MAX_SPARE_BYTES = 16 * 1024 * 1024;
+/** The memory messageMemory() allocated (weakly: a message never given back is just collected). */
+const RECYCLABLE = new WeakSet<ArrayBufferLike>();
+
 class Stream implements BidiCall {
   readonly path: string;
   deadline: number | undefined;
@@ -638,6 +668,9 @@ class Stream implements BidiCall {
   private messages = 0;
   private inbox: Buffer[] = [];
   private inboxBytes = 0;
+  /** Memory of messages given back by recycle(), for later messages that fit. */
+  private spares?: Buffer[];
+  private spareBytes = 0;
   /** Stream window held back while the bidi handler's unread messages exceed a window. */
   private heldCredit = 0;
   private reader?: { resolve: (b: Buffer | undefined) => void; reject: (e: unknown) => void };
@@ -749,7 +782,7 @@ class Stream implements BidiCall {
             this.deliver(data.subarray(o, o + len));
             o += len;
           } else {
-            this.msg = Buffer.allocUnsafe(len);
+            this.msg = this.messageMemory(len);
             this.msgFill = data.copy(this.msg, 0, o);
             o = data.length;
           }
@@ -765,7 +798,7 @@ class Stream implements BidiCall {
         if (!this.checkPrefix(this.prefix[0]!, len, max)) return;
         if (len === 0) this.deliver(Buffer.alloc(0));
         else {
-          this.msg = Buffer.allocUnsafe(len);
+          this.msg = this.messageMemory(len);
           this.msgFill = 0;
         }
         continue;
@@ -794,6 +827,36 @@ class Stream implements BidiCall {
       return false;
     }
     return true;
+  }
+
+  /** Memory for a request message of `len` bytes that spans frames: a recycled one when it fits. */
+  private messageMemory(len: number): Buffer {
+    const spares = this.spares;
+    if (spares) {
+      for (let i = spares.length - 1; i >= 0; i--) {
+        const b = spares[i]!;
+        if (b.length < len) continue;
+        spares.splice(i, 1);
+        this.spareBytes -= b.length;
+        return b.subarray(0, len);
+      }
+    }
+    if (len < RECYCLED_FROM) return Buffer.allocUnsafe(len);
+    // Its own memory (not node's shared pool), rounded up so that the next message, of
+    // about the same size, fits.
+    const whole = Buffer.allocUnsafeSlow(Math.ceil(len / RECYCLE_ROUND) * RECYCLE_ROUND);
+    RECYCLABLE.add(whole.buffer);
+    return whole.subarray(0, len);
+  }
+
+  recycle(msg: Buffer): void {
+    if (!RECYCLABLE.has(msg.buffer) || this.ended) return;
+    const whole = Buffer.from(msg.buffer);
+    if (this.spareBytes + whole.length > MAX_SPARE_BYTES) return;
+    const spares = (this.spares ??= []);
+    if (spares.some((b) => b.buffer === msg.buffer)) return; // given back twice
+    spares.push(whole);
+    this.spareBytes += whole.length;
   }
 
   private deliver(m: Buffer): void {

@@ -7,6 +7,7 @@ import fs from 'node:fs/promises';
 import http2 from 'node:http2';
 import net from 'node:net';
 import os from 'node:os';
+import { createHash } from 'node:crypto';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { GrpcCode } from '@flotilla/errdefs';
@@ -24,6 +25,7 @@ const def: grpc.ServiceDefinition = {
   Count: method('Count', false, true),
   Chat: method('Chat', true, true),
   Slow: method('Slow', true, true),
+  Recycle: method('Recycle', true, true),
   Missing: method('Missing', false, false),
 };
 const MAX = 8 << 20;
@@ -69,6 +71,20 @@ before(async () => {
     await new Promise((r) => setTimeout(r, 300));
     for (let m = await call.read(); m; m = await call.read()) slowRead.push(m);
     call.write(Buffer.from(String(slowRead.length)));
+  });
+  // Answers each message with its sha256, then gives its memory back (twice, which must be
+  // harmless); counts the messages that arrived in memory given back before.
+  server.bidi('/test.Svc/Recycle', async (call) => {
+    const given = new Set<ArrayBufferLike>();
+    let reused = 0;
+    for (let m = await call.read(); m; m = await call.read()) {
+      if (given.has(m.buffer)) reused++;
+      call.write(Buffer.from(createHash('sha256').update(m).digest('hex')));
+      given.add(m.buffer);
+      call.recycle(m);
+      call.recycle(m);
+    }
+    call.write(Buffer.from(`reused ${reused}`));
   });
   await server.listen(sock);
   const Client = grpc.makeGenericClientConstructor(def, 'Svc');
@@ -200,6 +216,63 @@ test('bidi: a handler that reads late loses nothing (windows hold the client bac
   assert.equal(status.code, grpc.status.OK);
   assert.deepEqual(replies, ['40']);
   slowRead.forEach((m, i) => assert.ok(m.equals(msgs[i]!), `message ${i}`));
+});
+
+test('bidi: recycled message memory takes later messages, and every message arrives intact', async () => {
+  // 1 MiB messages span frames (their memory can be given back); 3-byte ones sit inside one
+  // frame (views of the socket's reads: recycling them must change nothing).
+  const msgs = Array.from({ length: 24 }, (_, i) => (i % 4 === 3 ? Buffer.from(`s${i % 10}x`) : Buffer.alloc((1 << 20) - (i % 3), i + 1)));
+  const { replies, status } = await chat('Recycle', msgs);
+  assert.equal(status.code, grpc.status.OK);
+  assert.deepEqual(replies.slice(0, -1), msgs.map((m) => createHash('sha256').update(m).digest('hex')));
+  const reused = Number(/^reused (\d+)$/.exec(replies.at(-1)!)![1]);
+  assert.ok(reused >= 10, `only ${reused} of 18 large messages arrived in recycled memory`);
+});
+
+test('HTTP/2: frames and headers cut at any byte across socket reads arrive whole', async () => {
+  // A proxy re-cuts the client's byte stream into pieces of 1 to ~70,000 bytes, one write per
+  // turn of the event loop, so frame headers, frames and messages straddle the server's reads.
+  const sock3 = path.join(dir, 'cut.sock');
+  const sizes = [1, 2, 3, 5, 8, 9, 10, 13, 16393, 7, 70_001, 4, 16_384, 11, 1000];
+  const proxy = net.createServer((down) => {
+    const up = net.connect(sock);
+    up.pipe(down);
+    let queue = Buffer.alloc(0);
+    let k = 0;
+    let pumping = false;
+    const pump = async () => {
+      pumping = true;
+      while (queue.length > 0) {
+        const n = Math.min(queue.length, sizes[k++ % sizes.length]!);
+        up.write(queue.subarray(0, n));
+        queue = queue.subarray(n);
+        await new Promise((r) => setImmediate(r));
+      }
+      pumping = false;
+    };
+    down.on('data', (d) => {
+      queue = Buffer.concat([queue, d]);
+      if (!pumping) void pump();
+    });
+    down.on('close', () => up.destroy());
+    up.on('close', () => down.destroy());
+  });
+  await new Promise<void>((r) => proxy.listen(sock3, r));
+  const Client = grpc.makeGenericClientConstructor(def, 'Svc');
+  const c3 = new Client(`unix://${sock3}`, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': -1, 'grpc.max_send_message_length': -1 }) as any;
+  try {
+    const big = Buffer.alloc(3 << 20);
+    for (let i = 0; i < big.length; i += 4) big.writeUInt32BE(i, i);
+    for (const req of [Buffer.from('small'), big, Buffer.alloc(0)]) {
+      const md = new grpc.Metadata();
+      md.set('x-tag', 't'.repeat(300));
+      const res = await new Promise<Buffer>((resolve, reject) => c3.Echo(req, md, (e: Error | null, r: Buffer) => (e ? reject(e) : resolve(r))));
+      assert.ok(res.equals(Buffer.concat([Buffer.from(`${'t'.repeat(300)}|`), req])), `echo of ${req.length} bytes`);
+    }
+  } finally {
+    c3.close();
+    proxy.close();
+  }
 });
 
 test('HTTP/2: a wrong content type is 415, a wrong method 405; the windows offered are ours', async () => {
