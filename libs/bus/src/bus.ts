@@ -174,7 +174,7 @@ export class Bus {
    * when it cannot be reached; else over NATS. Maps transport failures and error replies to
    * containerd errors.
    */
-  private async requestOnce(subject: string, data: Payload, h: PlainHeaders, ctx: CallContext): Promise<Reply> {
+  private async requestOnce(subject: string, data: Payload, h: PlainHeaders, ctx: CallContext, written?: () => void): Promise<Reply> {
     const inst = this.links.size > 0 ? instanceOfSubject(subject) : undefined;
     const link = inst ? this.links.get(inst) : this.routes.get(subject);
     if (link && !link.unreachable) {
@@ -183,7 +183,7 @@ export class Bus {
         const msg = await link.request(subject, data, h, timeout, () =>
           ctx.deadline !== undefined && Date.now() >= ctx.deadline
             ? new ContainerdError(ErrorClass.DeadlineExceeded, 'context deadline exceeded')
-            : errUnavailable(`${subject}: no reply in time`));
+            : errUnavailable(`${subject}: no reply in time`), written);
         throwIfError(msg);
         return msg;
       } catch (err) {
@@ -227,6 +227,18 @@ export class Bus {
       if (msg.headers?.get(Header.Continue)) continue;
       return msg.data;
     }
+  }
+
+  /**
+   * As request, for a caller that wants `data`'s memory back: `written()` runs once a direct
+   * link has handed all of it to the kernel; nothing reads `data` after that. Never over NATS
+   * (nats.js may hold the bytes until it flushes): the caller then just drops its memory.
+   * Not for subjects that answer Continue, which re-sends the data.
+   */
+  async requestThen(subject: string, data: Payload, written: () => void, ctx: CallContext = currentContext()): Promise<Uint8Array> {
+    const msg = await this.requestOnce(subject, data, this.headersFor(ctx), ctx, written);
+    if (msg.headers?.get(Header.Continue)) throw new ContainerdError(ErrorClass.Unknown, `${subject}: a Continue reply to a request that cannot be re-sent`);
+    return msg.data;
   }
 
   /**

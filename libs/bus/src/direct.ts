@@ -298,8 +298,11 @@ export class DirectLink {
     p.resolve({ headers: decodeHeaders(f.subarray(8, 8 + hl)), data: f.subarray(8 + hl) });
   }
 
-  /** One request; rejects with DirectLinkError when the link fails, or `onTimeout()` after `timeoutMs`. */
-  async request(subject: string, data: Uint8Array | readonly Uint8Array[], h: HeaderMap | undefined, timeoutMs: number, onTimeout: () => Error): Promise<Reply> {
+  /**
+   * One request; rejects with DirectLinkError when the link fails, or `onTimeout()` after
+   * `timeoutMs`. `written()` runs once the socket has handed all of `data` to the kernel.
+   */
+  async request(subject: string, data: Uint8Array | readonly Uint8Array[], h: HeaderMap | undefined, timeoutMs: number, onTimeout: () => Error, written?: () => void): Promise<Reply> {
     const sock = await this.connect();
     const pieces = Array.isArray(data) ? (data as readonly Uint8Array[]) : [data as Uint8Array];
     const size = pieces.reduce((n, p) => n + p.byteLength, 0);
@@ -320,9 +323,11 @@ export class DirectLink {
         reject(onTimeout());
       }, timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
+      const body = pieces.filter((p) => p.byteLength > 0);
+      const done = written && ((err?: Error | null) => err || written());
       sock.cork();
-      sock.write(head);
-      for (const p of pieces) if (p.byteLength > 0) sock.write(p);
+      sock.write(head, body.length === 0 ? done : undefined);
+      body.forEach((p, i) => sock.write(p, i === body.length - 1 ? done : undefined));
       sock.uncork();
     });
   }

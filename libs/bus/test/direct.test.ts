@@ -161,6 +161,22 @@ test('session steps go direct, with context, pieces and error classes intact', a
   assert.equal(seen.inst, 1);
 });
 
+test('requestThen: written() once a direct link has sent the data, never over NATS', async () => {
+  const subject = Buffer.from(await direct.request(serviceSubject('content', 'OpenA'), new Uint8Array(0))).toString();
+  let written = 0;
+  seen.inst = 0;
+  const r = JSON.parse(Buffer.from(await direct.requestThen(subject, [Buffer.from('wr'), Buffer.from('itten')], () => written++, { namespace: 'ns3' })).toString());
+  assert.deepEqual(r, { text: 'written', ns: 'ns3' });
+  await settled();
+  assert.equal(seen.inst, 0, 'the step went direct');
+  assert.equal(written, 1);
+  // A caller without links sends over NATS, which may hold the bytes: no written().
+  const viaNats = JSON.parse(Buffer.from(await plain.requestThen(subject, Buffer.from('n'), () => written++)).toString());
+  assert.equal(viaNats.text, 'n');
+  await new Promise((res) => setTimeout(res, 50));
+  assert.equal(written, 1);
+});
+
 test('an unreachable link falls back to NATS', async () => {
   const other = await Bus.connect({ url: nats.url, name: 'srvB', directDir: dir });
   try {

@@ -220,9 +220,10 @@ export class Gateway {
         const step = api.flotillaContent.WriteStep.encode({ session: s, request: undefined, close: true, acceptedAt: 0 }).finish();
         await bus.request(next, step, ctx).catch(() => {});
       };
-      const send = async (req: api.content.WriteContentRequest | Buffer, acceptedAt?: number): Promise<api.flotillaContent.WriteStepReply> => {
+      const send = async (req: api.content.WriteContentRequest | Buffer, acceptedAt?: number, written?: () => void): Promise<api.flotillaContent.WriteStepReply> => {
         const step = Buffer.isBuffer(req) ? rawWriteStep(session, req, acceptedAt) : api.flotillaContent.WriteStep.encode({ session, request: req, close: false, acceptedAt: 0 }).finish();
-        const reply = api.flotillaContent.WriteStepReply.decode(await bus.request(session ? next : api_subject('Write'), step, ctx));
+        const subject = session ? next : api_subject('Write');
+        const reply = api.flotillaContent.WriteStepReply.decode(await (written ? bus.requestThen(subject, step, written, ctx) : bus.request(subject, step, ctx)));
         if (!session) {
           session = reply.session;
           next = reply.sessionSubject;
@@ -250,7 +251,9 @@ export class Gateway {
         offset += req.data.length;
         call.write(api.content.WriteContentResponse.encode({ ...last!, action: WA.WRITE, offset, digest: digestOf(hash!) }).finish());
         const entry = { bytes: req.data.length, done: Promise.resolve() };
-        entry.done = send(buf, preciseNow()).then(
+        // Once the step is on its way its bytes are needed nowhere: their memory takes a
+        // later message (req.data was hashed above; nothing else keeps a view of buf).
+        entry.done = send(buf, preciseNow(), () => call.recycle(buf)).then(
           (reply) => {
             if (reply.done) asyncError ??= new ContainerdError(ErrorClass.Unknown, 'content write: session ended on a WRITE');
           },
