@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "npm start must run as root (runc, mounts, shims)" >&2; exit 1; fi
 bash tools/install-deps.sh
 node tools/build.mjs >&2
-exec node --enable-source-maps dist/tools/launcher.js
+# FLOTILLA_SOURCE_MAPS=1: stack traces mapped to the TypeScript sources (README).
+if [ "${FLOTILLA_SOURCE_MAPS:-}" = 1 ]; then exec node --enable-source-maps dist/tools/launcher.js; fi
+exec node dist/tools/launcher.js

@@ -72,8 +72,12 @@ export class Supervisor {
       this.opts.log?.('cannot open app log', { app: m.app, logPath, error: String(err) });
       log = openSync('/dev/null', 'a');
     }
-    const child = spawn(process.execPath, ['--enable-source-maps', path.join(this.opts.distDir, m.app, 'main.js')], {
-      env: { ...APP_ENV[m.app], ...this.opts.env },
+    // Source maps only when asked for (README, FLOTILLA_SOURCE_MAPS): the first stack trace
+    // formatted decodes the bundle's whole map into ~20 MB of arrays that every major
+    // collection then marks.
+    const env = { ...APP_ENV[m.app], ...this.opts.env };
+    const child = spawn(process.execPath, [...(env.FLOTILLA_SOURCE_MAPS === '1' ? ['--enable-source-maps'] : []), path.join(this.opts.distDir, m.app, 'main.js')], {
+      env,
       stdio: ['ignore', log, log],
       detached: this.opts.detached ?? false,
     });

@@ -1,5 +1,5 @@
-// The environment the supervisor gives each app, seen from inside the app: stand-in bundles
-// record it.
+// The environment (and node options) the supervisor gives each app, seen from inside the
+// app: stand-in bundles record them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
@@ -17,7 +17,7 @@ async function envs(env: NodeJS.ProcessEnv): Promise<Map<string, Record<string, 
     await fs.mkdir(path.join(dir, 'dist', app), { recursive: true });
     await fs.writeFile(
       path.join(dir, 'dist', app, 'main.js'),
-      `require('fs').writeFileSync(${JSON.stringify(path.join(out, app))}, JSON.stringify(process.env)); setInterval(() => {}, 1000);\n`,
+      `require('fs').writeFileSync(${JSON.stringify(path.join(out, app))}, JSON.stringify({ ...process.env, EXEC_ARGV: process.execArgv.join(' ') })); setInterval(() => {}, 1000);\n`,
     );
   }
   const sup = new Supervisor({ distDir: path.join(dir, 'dist'), logDir: path.join(dir, 'logs'), env });
@@ -50,4 +50,10 @@ test('supervisor: the snapshotter gets the malloc settings, no other app does; a
   const given = await envs({ ...base, MALLOC_TOP_PAD_: '0' });
   assert.equal(given.get('snapshotter')!.MALLOC_TOP_PAD_, '0');
   assert.equal(given.get('snapshotter')!.MALLOC_MMAP_THRESHOLD_, String(4 << 20));
+});
+
+test('supervisor: apps run without source maps unless FLOTILLA_SOURCE_MAPS=1', async () => {
+  const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'FLOTILLA_SOURCE_MAPS'));
+  for (const [app, e] of await envs(base)) assert.equal(e.EXEC_ARGV, '', app);
+  for (const [app, e] of await envs({ ...base, FLOTILLA_SOURCE_MAPS: '1' })) assert.equal(e.EXEC_ARGV, '--enable-source-maps', app);
 });
