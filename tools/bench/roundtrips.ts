@@ -22,11 +22,12 @@ import { NAMESPACE, timedCtr } from './workloads.js';
 
 const TICK = 100; // USER_HZ on Linux
 
-async function cpuTicks(pid: number): Promise<number> {
+/** [user, system] CPU ticks of a process. */
+async function cpuTicks(pid: number): Promise<[number, number]> {
   const st = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  if (!st) return 0;
+  if (!st) return [0, 0];
   const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
-  return Number(f[11]) + Number(f[12]); // utime + stime
+  return [Number(f[11]), Number(f[12])]; // utime, stime
 }
 
 /** Folds per-instance, per-node and reply subjects so counts add up per method. */
@@ -155,10 +156,16 @@ async function main(): Promise<void> {
       out.push(`  ${(c.msgs / repeat).toFixed(1).padStart(7)}  ${(c.bytes / repeat / 1024).toFixed(1).padStart(9)} KiB  ${k}`);
     }
     if (!reference) out.push(`  ${(total / repeat).toFixed(1).padStart(7)}  total`);
-    out.push('CPU ms per command, by process:');
-    const byName = new Map<string, number>();
-    pids.forEach(([name], i) => byName.set(name, (byName.get(name) ?? 0) + ((cpu1[i]! - cpu0[i]!) * 1000) / TICK / repeat));
-    for (const [name, ms] of [...byName].sort((a, b) => b[1] - a[1])) out.push(`  ${ms.toFixed(0).padStart(7)}  ${name}`);
+    out.push('CPU ms per command, by process (user + system):');
+    const byName = new Map<string, [number, number]>();
+    const perRun = (ticks: number) => (ticks * 1000) / TICK / repeat;
+    pids.forEach(([name], i) => {
+      const [u, s] = byName.get(name) ?? [0, 0];
+      byName.set(name, [u + perRun(cpu1[i]![0] - cpu0[i]![0]), s + perRun(cpu1[i]![1] - cpu0[i]![1])]);
+    });
+    for (const [name, [u, s]] of [...byName].sort((a, b) => b[1][0] + b[1][1] - a[1][0] - a[1][1])) {
+      out.push(`  ${(u + s).toFixed(0).padStart(7)}  ${name} (${u.toFixed(0)} + ${s.toFixed(0)})`);
+    }
     process.stdout.write(out.join('\n') + '\n');
   } finally {
     await fs.rm(tmp, { recursive: true, force: true });
