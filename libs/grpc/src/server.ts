@@ -99,6 +99,8 @@ const DEFAULT_WINDOW = 65_535;
 const MAX_WINDOW = 0x7fff_ffff;
 /** The largest frame we accept (we advertise no SETTINGS_MAX_FRAME_SIZE, so the default). */
 const MAX_FRAME = 16_384;
+/** Size of each connection's read buffer. */
+const READ_BUFFER = 64 * 1024;
 /** A streaming call's queue past which write() asks the handler to wait. */
 const STREAM_HWM = 1 << 20;
 /** Bytes the socket may hold unsent before streaming calls are asked to wait. */
@@ -197,7 +199,8 @@ export class GrpcServer {
   /** Listens on a unix socket (replacing a stale file). */
   async listen(socketPath: string): Promise<void> {
     await fs.rm(socketPath, { force: true });
-    const server = net.createServer((s) => this.accept(s));
+    // Each connection reads into memory of its own (see ownReads), not a fresh buffer per read.
+    const server = net.createServer({ pauseOnConnect: true }, (s) => this.ownReads(s));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(socketPath, () => {
@@ -211,6 +214,28 @@ export class GrpcServer {
   /** Serves one already-connected socket (tests, or a listener of the caller's own). */
   accept(socket: net.Socket): void {
     const c = new Connection(this, socket, () => this.conns.delete(c));
+    this.conns.add(c);
+    socket.on('data', (chunk: Buffer) => c.input(chunk));
+  }
+
+  /**
+   * Serves a connection just accepted (paused) with node's `onread`: every read lands in one
+   * 64 KiB buffer of the connection's, which the next read overwrites (the Connection keeps
+   * nothing that points into it). A socket's default reads allocate fresh memory each time;
+   * an ingest's 256 MiB of it, external to V8's heap and never allocated alongside JS
+   * objects, set off a major collection every ~10 MiB. net.Server has no onread of its own,
+   * so the accepted socket's handle moves to a Socket made with one.
+   */
+  private ownReads(accepted: net.Socket): void {
+    const handle = (accepted as unknown as { _handle: unknown })._handle;
+    (accepted as unknown as { _handle: unknown })._handle = null;
+    accepted.destroy(); // the server's count of connections; the handle is no longer its
+    let c: Connection | undefined;
+    const socket = new net.Socket({
+      handle,
+      onread: { buffer: Buffer.allocUnsafeSlow(READ_BUFFER), callback: (n: number, buf: Uint8Array) => void c!.input(buf.subarray(0, n) as Buffer) },
+    } as net.SocketConstructorOpts);
+    c = new Connection(this, socket, () => this.conns.delete(c!));
     this.conns.add(c);
   }
 
@@ -235,9 +260,14 @@ class Connection {
   private readonly decoder: HpackDecoder;
   private prefaceLeft = PREFACE.length;
   private settingsSeen = false;
-  /** Unparsed bytes of a frame that spans socket reads, and the size it needs to be complete. */
-  private parts: Buffer[] = [];
-  private partsLen = 0;
+  /**
+   * The start of a frame that spans socket reads (copied: a read's memory may be reused),
+   * and the size it needs to be complete. Reads are parsed in place, so nothing kept past
+   * a read may be a view of it: CONTINUATION fragments, messages inside a frame and the
+   * carried bytes are copies.
+   */
+  private readonly carry = Buffer.allocUnsafeSlow(FRAME_HEADER + MAX_FRAME);
+  private carryLen = 0;
   private need = FRAME_HEADER;
   /** A HEADERS frame waiting for its CONTINUATIONs. */
   private block?: { id: number; flags: number; parts: Buffer[]; size: number };
@@ -264,14 +294,6 @@ class Connection {
     const o = server.opts;
     this.decoder = new HpackDecoder(4096, o.maxHeaderListSize);
     this.recvWindow = o.connectionWindow;
-    socket.on('data', (chunk: Buffer) => {
-      try {
-        this.onData(chunk);
-      } catch (err) {
-        const code = err instanceof ConnectionError ? err.code : err instanceof HpackError ? COMPRESSION_ERROR : INTERNAL_ERROR;
-        this.fatal(code, err instanceof Error ? err.message : String(err));
-      }
-    });
     socket.on('drain', () => this.onDrain());
     socket.on('error', () => {});
     socket.on('close', () => this.onClose());
@@ -420,6 +442,16 @@ class Connection {
 
   // ---- input ----
 
+  /** One socket read; its memory may be reused once this returns. */
+  input(chunk: Buffer): void {
+    try {
+      this.onData(chunk);
+    } catch (err) {
+      const code = err instanceof ConnectionError ? err.code : err instanceof HpackError ? COMPRESSION_ERROR : INTERNAL_ERROR;
+      this.fatal(code, err instanceof Error ? err.message : String(err));
+    }
+  }
+
   private onData(chunk: Buffer): void {
     if (this.closed) return;
     let off = 0;
@@ -430,22 +462,21 @@ class Connection {
       this.prefaceLeft -= n;
       off = n;
     }
-    // A frame (or its header) begun in an earlier read: join only that frame, from as much
-    // of this chunk as it needs, then go on in the chunk itself. (Joining whole reads would
-    // copy every byte once more, a frame straddling nearly every 64 KiB read.)
-    while (this.partsLen > 0) {
-      const n = Math.min(this.need - this.partsLen, chunk.length - off);
-      this.parts.push(chunk.subarray(off, off + n));
-      this.partsLen += n;
+    // A frame (or its header) begun in an earlier read: complete only that frame, from as
+    // much of this chunk as it needs, then go on in the chunk itself.
+    while (this.carryLen > 0) {
+      const n = Math.min(this.need - this.carryLen, chunk.length - off);
+      chunk.copy(this.carry, this.carryLen, off, off + n);
+      this.carryLen += n;
       off += n;
-      if (this.partsLen < this.need) return;
-      const piece = Buffer.concat(this.parts, this.partsLen);
-      this.parts = [];
-      this.partsLen = 0;
-      this.keep(piece, this.frames(piece, 0)); // only a header: the frame is still to come
+      if (this.carryLen < this.need) return;
+      const piece = this.carry.subarray(0, this.carryLen);
+      // 0 when only a header was complete: it stays at the carry's start, the frame to come.
+      if (this.frames(piece, 0) === piece.length) this.carryLen = 0;
       if (this.closed) return;
     }
-    this.keep(chunk, this.frames(chunk, off));
+    const end = this.frames(chunk, off);
+    if (end < chunk.length) this.carryLen = chunk.copy(this.carry, 0, end);
   }
 
   /** Handles the whole frames in buf from `off`; returns where an incomplete one starts (and sets `need`). */
@@ -469,13 +500,6 @@ class Connection {
     return off;
   }
 
-  /** Keeps buf from `from` (the start of an incomplete frame) for the next read. */
-  private keep(buf: Buffer, from: number): void {
-    if (from >= buf.length) return;
-    this.parts = [buf.subarray(from)];
-    this.partsLen = buf.length - from;
-  }
-
   private onFrame(type: number, flags: number, id: number, p: Buffer): void {
     if (this.block && type !== CONTINUATION) throw new ConnectionError(PROTOCOL_ERROR, 'header block interrupted');
     if (!this.settingsSeen) {
@@ -490,7 +514,7 @@ class Connection {
       case CONTINUATION: {
         const b = this.block;
         if (!b || b.id !== id) throw new ConnectionError(PROTOCOL_ERROR, 'unexpected CONTINUATION');
-        b.parts.push(p);
+        b.parts.push(Buffer.from(p)); // p is a view of a read
         b.size += p.length;
         if (b.size > this.server.opts.maxHeaderListSize * 2) throw new ConnectionError(PROTOCOL_ERROR, 'header block too large');
         if (flags & END_HEADERS) {
@@ -779,7 +803,7 @@ class Stream implements BidiCall {
           if (!this.checkPrefix(compressed, len, max)) return;
           o += 5;
           if (data.length - o >= len) {
-            this.deliver(data.subarray(o, o + len));
+            this.deliver(Buffer.from(data.subarray(o, o + len))); // a copy: data is a view of a read
             o += len;
           } else {
             this.msg = this.messageMemory(len);
