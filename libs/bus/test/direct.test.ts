@@ -257,3 +257,11 @@ test('after an instance is replaced, requests reach the new one (over NATS, then
     await second.close();
   }
 });
+
+test('replies kept past later reads stay intact (each is a copy, not a view of a read)', async () => {
+  const subject = serviceSubject('content', 'EchoA');
+  await direct.request(subject, Buffer.from('warm')); // the link is learned
+  const texts = Array.from({ length: 200 }, (_, i) => `reply ${i} `.repeat(1 + (i % 50)));
+  const replies = await Promise.all(texts.map((t) => direct.request(subject, Buffer.from(t))));
+  replies.forEach((r, i) => assert.equal(JSON.parse(Buffer.from(r).toString()).text, texts[i], `reply ${i}`));
+});

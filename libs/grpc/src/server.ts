@@ -233,7 +233,7 @@ export class GrpcServer {
     let c: Connection | undefined;
     const socket = new net.Socket({
       handle,
-      onread: { buffer: Buffer.allocUnsafeSlow(READ_BUFFER), callback: (n: number, buf: Uint8Array) => void c!.input(buf.subarray(0, n) as Buffer) },
+      onread: { buffer: Buffer.allocUnsafeSlow(READ_BUFFER), callback: (n: number, buf: Uint8Array) => (c!.input(buf.subarray(0, n) as Buffer), true) },
     } as net.SocketConstructorOpts);
     c = new Connection(this, socket, () => this.conns.delete(c!));
     this.conns.add(c);
