@@ -664,7 +664,6 @@ class Connection {
 
 type OutItem = Uint8Array;
 
-/** One gRPC call on its HTTP/2 stream. */
 /** Messages this large get memory of their own, which recycle() can take back. */
 const RECYCLED_FROM = 64 * 1024;
 const RECYCLE_ROUND = 64 * 1024;
@@ -673,6 +672,7 @@ const MAX_SPARE_BYTES = 16 * 1024 * 1024;
 /** The memory messageMemory() allocated (weakly: a message never given back is just collected). */
 const RECYCLABLE = new WeakSet<ArrayBufferLike>();
 
+/** One gRPC call on its HTTP/2 stream. */
 class Stream implements BidiCall {
   readonly path: string;
   deadline: number | undefined;
