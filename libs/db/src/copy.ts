@@ -25,7 +25,8 @@ const SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
  * field in its binary representation. The whole result is read before this returns, so the
  * connection goes back to the pool at once whatever the caller does next; page large sets.
  * `settings` (planner settings, constant names and values only) apply to this query alone:
- * `SET LOCAL` in the same simple query, one implicit transaction.
+ * `SET LOCAL` in the same simple query, one implicit transaction. `sql` is a pool (not a
+ * transaction): the copy reserves one of its connections.
  */
 export async function selectBinary(sql: Sql, select: string, settings: Readonly<Record<string, string>> = {}): Promise<BinaryRow[]> {
   let set = '';
@@ -33,7 +34,20 @@ export async function selectBinary(sql: Sql, select: string, settings: Readonly<
     if (!/^[a-z_]+$/.test(k) || !/^[a-z0-9_]+$/.test(v)) throw new Error(`setting ${k}=${v}: not a plain name and value`);
     set += `SET LOCAL ${k} = ${v}; `;
   }
-  const stream = (await sql.unsafe(`${set}COPY (${select}) TO STDOUT (FORMAT binary)`).readable()) as unknown as Readable;
+  // The copy runs on a connection of its own. Postgres.js pipelines queries onto busy
+  // connections, and one that reaches a connection between its CopyOutResponse and CopyDone
+  // is refused (COPY_IN_PROGRESS): without this, any query made while a list streams could
+  // fail. A reserved connection takes no query but ours until released.
+  const conn = await sql.reserve();
+  try {
+    return await copyOut(conn, `${set}COPY (${select}) TO STDOUT (FORMAT binary)`);
+  } finally {
+    conn.release();
+  }
+}
+
+async function copyOut(conn: Sql, copy: string): Promise<BinaryRow[]> {
+  const stream = (await conn.unsafe(copy).readable()) as unknown as Readable;
   const parser = new CopyParser();
   try {
     // 'data' events hand over each CopyData message as Postgres.js pushes it. Async iteration

@@ -111,3 +111,23 @@ test('a stream cut anywhere parses as the whole', () => {
   assert.throws(() => parseCopy(whole.subarray(0, whole.length - 1)), /ends inside a row/);
   assert.throws(() => parseCopy(Buffer.concat([whole, Buffer.from([0])])), /after the trailer/);
 });
+
+test('queries made while a copy streams are answered, not refused', async () => {
+  // Postgres.js pipelines queries onto a busy connection; one that reaches it between the
+  // copy's CopyOutResponse and CopyDone is refused (COPY_IN_PROGRESS). Queries are fired
+  // every turn of the event loop for as long as the copy runs.
+  await sql`CREATE TABLE IF NOT EXISTS copy_big (id int PRIMARY KEY, data bytea NOT NULL)`;
+  await sql`INSERT INTO copy_big SELECT i, decode(repeat('ab', 3000), 'hex') FROM generate_series(1, 3000) i ON CONFLICT DO NOTHING`;
+  for (let round = 0; round < 5; round++) {
+    let done = false;
+    const others: Promise<unknown>[] = [];
+    const copy = selectBinary(sql, 'SELECT id, data FROM copy_big ORDER BY id').finally(() => { done = true; });
+    while (!done) {
+      others.push(sql`SELECT ${others.length}::int AS i`.then(([r]) => r!.i));
+      await new Promise((r) => setImmediate(r));
+    }
+    assert.equal((await copy).length, 3000);
+    assert.deepEqual(await within(10_000, 'queries made during the copy', Promise.all(others)), others.map((_, i) => i));
+    assert.ok(others.length > 1, 'some queries were made while the copy ran');
+  }
+});
