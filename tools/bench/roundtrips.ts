@@ -7,6 +7,8 @@
 //   node --import tsx tools/bench/roundtrips.ts [--repeat N] [--stdin-mib M] [--statements] -- run --rm {busybox} {id} /bin/true
 // --containers N: first N containers in the namespace (copies of one ctr created), e.g. for `-- containers list`.
 // --statements also lists the SQL statements per command (log_statement=all while measuring).
+// --cpu-prof DIR profiles each app while the measured commands run (not the warm-up):
+// DIR/main-<app>-<pid>.cpuprofile.
 // `{busybox}` is replaced by the test image (imported first), `{id}` by a fresh id; with
 // --stdin-mib, each run reads a fresh random file of M MiB on stdin (content ingest {id}).
 import { randomBytes } from 'node:crypto';
@@ -43,6 +45,7 @@ async function main(): Promise<void> {
   let reference = false;
   let statements = false;
   let containers = 0;
+  let cpuProf = '';
   const dash = argv.indexOf('--');
   for (let i = 0; i < (dash < 0 ? argv.length : dash); i++) {
     if (argv[i] === '--repeat') repeat = Number(argv[++i]);
@@ -50,6 +53,7 @@ async function main(): Promise<void> {
     else if (argv[i] === '--containerd') reference = true;
     else if (argv[i] === '--statements') statements = true;
     else if (argv[i] === '--containers') containers = Number(argv[++i]);
+    else if (argv[i] === '--cpu-prof') cpuProf = path.resolve(argv[++i]!);
   }
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-rt-'));
   const input = async (i: number) => {
@@ -60,7 +64,13 @@ async function main(): Promise<void> {
   };
   const cmd = dash < 0 ? ['run', '--rm', '{busybox}', '{id}', '/bin/true'] : argv.slice(dash + 1);
   const busybox = await buildBusyboxImage();
-  const side = reference ? await startContainerd() : await startFlotilla();
+  let env: NodeJS.ProcessEnv | undefined;
+  if (cpuProf) {
+    await fs.mkdir(cpuProf, { recursive: true });
+    const preload = path.join(__dirname, 'cpuprof-preload.cjs');
+    env = { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${preload}`.trim(), FLOTILLA_CPU_PROF_DIR: cpuProf, FLOTILLA_CPU_PROF_SIGNAL: '1' };
+  }
+  const side = reference ? await startContainerd() : await startFlotilla({ env });
   try {
     const r = await side.ctr(['images', 'import', busybox.archivePath], { namespace: NAMESPACE });
     if (r.code !== 0) throw new Error(r.stderr);
@@ -115,7 +125,13 @@ async function main(): Promise<void> {
     const w0 = await walSyncs();
     const times: number[] = [];
     const files = await Promise.all(Array.from({ length: repeat }, (_, i) => input(i)));
+    // The apps start and stop profiling: node processes only (nats-server takes SIGUSR2 as
+    // lame-duck mode), known by executable (the apps retitle themselves: cmdline won't say node).
+    const profiled = cpuProf ? (await Promise.all(pids.map(async ([, p]) => ((await fs.readlink(`/proc/${p}/exe`).catch(() => '')) === process.execPath ? p : 0)))).filter(Boolean) : [];
+    const toggleProfiles = () => profiled.forEach((p) => process.kill(p, 'SIGUSR2'));
+    toggleProfiles();
     for (let i = 0; i < repeat; i++) times.push(await timedCtr(side, args(i), { stdinFile: files[i] }));
+    toggleProfiles();
     await nc?.flush();
     await new Promise((res) => setTimeout(res, 300));
     const x1 = await xacts();

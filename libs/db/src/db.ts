@@ -2,14 +2,16 @@
 // of migrations; `migrate` applies the missing ones at start-up under an advisory lock so
 // several replicas starting together apply each migration exactly once.
 import postgres from 'postgres';
+import { pgSocket } from './socket.js';
 
 export type Sql = postgres.Sql<{}>;
 
 /**
  * Opens a pool. Besides host:port URLs, libpq's unix-socket form is accepted, as psql
- * accepts it: `postgres://user@/db?host=/socket/dir&port=5432`.
+ * accepts it: `postgres://user@/db?host=/socket/dir&port=5432`. `ownSocket: false` keeps
+ * Postgres.js's own sockets (for comparison: see socket.ts).
  */
-export function connectDb(url: string, opts: { max?: number; appName?: string } = {}): Sql {
+export function connectDb(url: string, opts: { max?: number; appName?: string; ownSocket?: boolean } = {}): Sql {
   // WHATWG URL refuses userinfo without a host; a socket URL has none, so name one for parsing.
   const u = new URL(url.replace(/^(postgres(?:ql)?:\/\/(?:[^/?#@]*@)?)\//, '$1localhost/'));
   const sockDir = u.searchParams.get('host');
@@ -20,8 +22,12 @@ export function connectDb(url: string, opts: { max?: number; appName?: string } 
     u.searchParams.delete('port');
     url = u.toString();
   }
+  // Our own socket (socket.ts) unless TLS may be asked for or several hosts are named.
+  const ssl = u.searchParams.get('sslmode') ?? u.searchParams.get('ssl') ?? process.env.PGSSLMODE ?? process.env.PGSSL;
+  const plain = (!ssl || ssl === 'disable' || ssl === 'false') && !u.host.includes(',');
   return postgres(url, {
     ...(socketPath ? { path: socketPath } : {}),
+    ...(plain && opts.ownSocket !== false ? { socket: (o: { path?: string | false; host: string[]; port: number[] }) => pgSocket(o.path ? { path: o.path } : { host: o.host[0]!.replace(/^\[(.*)\]$/, '$1'), port: o.port[0]! }) } : {}),
     max: opts.max ?? 10,
     onnotice: () => {},
     connection: { application_name: opts.appName ?? 'flotilla' },
