@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import net from 'node:net';
 import path from 'node:path';
 import { connectDb, selectBinary, type Sql } from '@flotilla/db';
 import { startPostgres, type TestPostgres } from '@flotilla/testing';
@@ -109,5 +110,29 @@ test('a server that is not there: each query refused, none left waiting, the poo
     for (let i = 0; i < 3; i++) await assert.rejects(dead`SELECT 1`, /ENOENT|ECONNREFUSED/, `query ${i}`);
   } finally {
     await dead.end({ timeout: 1 });
+  }
+});
+
+test('a host:port URL connects through the same socket', async () => {
+  // A TCP listener that relays to the server's unix socket (which trusts local users).
+  const unix = path.join(pg.host, `.s.PGSQL.${pg.port}`);
+  const relay = net.createServer((c) => {
+    const u = net.connect(unix);
+    c.pipe(u).pipe(c);
+    c.on('error', () => u.destroy());
+    u.on('error', () => c.destroy());
+  });
+  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+  const { port } = relay.address() as net.AddressInfo;
+  const db = new URL(pg.url.replace('postgres://postgres@/', 'postgres://postgres@localhost/')).pathname;
+  const tcp = connectDb(`postgres://postgres@127.0.0.1:${port}${db}`, { max: 1 });
+  try {
+    const blob = randomBytes(600_000);
+    const [r] = await tcp`SELECT ${blob}::bytea AS b, inet_client_addr() IS NULL AS via_unix`;
+    assert.deepEqual(r!.b, blob);
+    assert.equal(r!.via_unix, true, 'the relay reached the unix socket');
+  } finally {
+    await tcp.end({ timeout: 5 });
+    relay.close();
   }
 });
