@@ -36,8 +36,15 @@ await build({
   // and get a real require() for node built-ins from the banner.
   format: 'esm',
   sourcemap: true,
-  // Class names survive bundling (error classes and logs read constructor.name).
-  keepNames: true,
+  // No keepNames: it wraps every named function and class the bundle creates in a runtime
+  // __name() call (Object.defineProperty on each, closures made per call included). In a
+  // steady stream of small calls that was ~20 % of the gateway's and ~10 % of the metadata
+  // service's CPU per call (latency.ts, docs/benchmarks.md round 7; no change measurable in
+  // one `ctr run --rm`, whose calls are each few). Without it the only names that change are
+  // those esbuild renames to keep the bundle's scope flat (NatsError2, ...); nothing here
+  // reads a class name (ContainerdError sets its .name; the class of an error is its
+  // errorClass).
+  keepNames: false,
   tsconfig: path.join(root, 'tsconfig.base.json'),
   // An app's title is set before any bundled module runs (runApp sets it again), so ps and
   // the launcher see flotilla-<app> from the start, not only after heavy imports load.
