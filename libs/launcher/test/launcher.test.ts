@@ -56,6 +56,18 @@ async function childrenOf(ppid: number): Promise<Map<number, string>> {
   return out;
 }
 
+/**
+ * The launcher's children once every app has retitled itself. `ready` means the gateway
+ * answers ctr; the other apps may still be loading their bundles then.
+ */
+async function appsUp(ppid: number): Promise<Map<number, string>> {
+  for (const until = Date.now() + 20_000; ; await new Promise((r) => setTimeout(r, 100))) {
+    const kids = await childrenOf(ppid);
+    const cmdlines = [...kids.values()];
+    if (APPS.every((app) => cmdlines.includes(`flotilla-${app}`)) || Date.now() > until) return kids;
+  }
+}
+
 /** Running: exists and is not a zombie (an exited process init has not reaped yet). */
 async function alive(pid: number): Promise<string | undefined> {
   const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
@@ -78,7 +90,7 @@ test('launcher: ready line, restarts, and a clean stop with a task still running
     const v = await ctr(l.socket, ['version']);
     assert.equal(v.code, 0, v.stderr);
 
-    const kids = await childrenOf(l.child.pid!);
+    const kids = await appsUp(l.child.pid!);
     const cmdlines = [...kids.values()];
     for (const app of APPS) assert.ok(cmdlines.includes(`flotilla-${app}`), `flotilla-${app} not among ${cmdlines.join(' | ')}`);
     assert.ok(cmdlines.some((c) => c.startsWith('nats-server ')), 'nats-server not started');
@@ -138,7 +150,7 @@ test('launcher: NATS_URL and DATABASE_URL given are used, no servers of its own'
   const pg = await startPostgres();
   try {
     const l = await launch(path.join(home, 'h'), { NATS_URL: nats.url, DATABASE_URL: pg.url });
-    const cmdlines = [...(await childrenOf(l.child.pid!)).values()];
+    const cmdlines = [...(await appsUp(l.child.pid!)).values()];
     assert.equal(cmdlines.length, APPS.length, cmdlines.join(' | '));
     assert.ok(cmdlines.every((c) => c.startsWith('flotilla-')), cmdlines.join(' | '));
     assert.equal((await ctr(l.socket, ['images', 'ls'])).code, 0);
