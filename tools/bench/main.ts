@@ -11,7 +11,7 @@ import { buildBusyboxImage } from '@flotilla/testing';
 import { parseArgs, USAGE } from './args.js';
 import { measureGroups, PeakSampler, total, type GroupMemory } from './memory.js';
 import { markdown, SCHEMA, spliceMarkdown, svgChart, textTable, type BenchResults, type MetricResult, type SideMemory, type SideResult } from './report.js';
-import { SIDES, startContainerd, startFlotilla, type Side, type SideName } from './sides.js';
+import { cpuProfileEnv, SIDES, startContainerd, startFlotilla, type Side, type SideName } from './sides.js';
 import { summarize } from './stats.js';
 import { NAMESPACE, WORKLOADS, type BenchContext, type Workload } from './workloads.js';
 
@@ -122,13 +122,7 @@ async function main(): Promise<void> {
     await w.prepare(ctx, rounds.get(w.name)!);
   }
 
-  let flotillaEnv: NodeJS.ProcessEnv | undefined;
-  if (args.cpuProf) {
-    await fs.mkdir(args.cpuProf, { recursive: true });
-    // node refuses --cpu-prof in NODE_OPTIONS: a preloaded inspector session profiles instead.
-    const preload = path.join(ROOT, 'tools', 'bench', 'cpuprof-preload.cjs');
-    flotillaEnv = { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${preload}`.trim(), FLOTILLA_CPU_PROF_DIR: path.resolve(args.cpuProf) };
-  }
+  const flotillaEnv = args.cpuProf ? await cpuProfileEnv(args.cpuProf) : undefined;
   log('starting flotilla and containerd');
   const started = await Promise.allSettled([startFlotilla({ env: flotillaEnv }), startContainerd()]);
   const stops = started.filter((s): s is PromiseFulfilledResult<Side> => s.status === 'fulfilled').map((s) => s.value);

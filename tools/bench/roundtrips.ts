@@ -19,7 +19,7 @@ import { connect } from 'nats';
 import { connectDb } from '@flotilla/db';
 import { MetadataStore } from '@flotilla/metadata';
 import { buildBusyboxImage } from '@flotilla/testing';
-import { startContainerd, startFlotilla } from './sides.js';
+import { cpuProfileEnv, startContainerd, startFlotilla } from './sides.js';
 import { NAMESPACE, timedCtr } from './workloads.js';
 
 const TICK = 100; // USER_HZ on Linux
@@ -64,12 +64,7 @@ async function main(): Promise<void> {
   };
   const cmd = dash < 0 ? ['run', '--rm', '{busybox}', '{id}', '/bin/true'] : argv.slice(dash + 1);
   const busybox = await buildBusyboxImage();
-  let env: NodeJS.ProcessEnv | undefined;
-  if (cpuProf) {
-    await fs.mkdir(cpuProf, { recursive: true });
-    const preload = path.join(__dirname, 'cpuprof-preload.cjs');
-    env = { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${preload}`.trim(), FLOTILLA_CPU_PROF_DIR: cpuProf, FLOTILLA_CPU_PROF_SIGNAL: '1' };
-  }
+  const env = cpuProf ? await cpuProfileEnv(cpuProf, { signal: true }) : undefined;
   const side = reference ? await startContainerd() : await startFlotilla({ env });
   try {
     const r = await side.ctr(['images', 'import', busybox.archivePath], { namespace: NAMESPACE });

@@ -20,6 +20,21 @@ export interface Side {
   databaseUrl?: string;
 }
 
+/**
+ * The environment that makes flotilla's apps write CPU profiles to `dir` (created):
+ * cpuprof-preload.cjs preloaded, since node refuses --cpu-prof in NODE_OPTIONS. `signal`:
+ * profile from one SIGUSR2 to the next instead of the whole process.
+ */
+export async function cpuProfileEnv(dir: string, opts: { signal?: boolean } = {}): Promise<NodeJS.ProcessEnv> {
+  await fs.mkdir(dir, { recursive: true });
+  const preload = path.join(__dirname, 'cpuprof-preload.cjs');
+  return {
+    NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${preload}`.trim(),
+    FLOTILLA_CPU_PROF_DIR: path.resolve(dir),
+    ...(opts.signal ? { FLOTILLA_CPU_PROF_SIGNAL: '1' } : {}),
+  };
+}
+
 export async function startFlotilla(opts: { env?: NodeJS.ProcessEnv } = {}): Promise<Side> {
   // Durable PostgreSQL, as `npm start` runs it: containerd's bolt fsyncs every update.
   const stack = await startStack({ nodeId: 'bench-node', env: opts.env, durable: true });
