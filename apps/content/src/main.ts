@@ -63,6 +63,16 @@ void runApp('content', async ({ cfg, bus }) => {
         listStatuses: (req, ctx) => svc.listStatuses(req, ctx),
         abort: (req, ctx) => svc.abort(req, ctx),
       }),
+      {
+        method: 'InfoData',
+        subject: serviceSubject('content', 'InfoData'),
+        unary: async (data: Uint8Array, ctx: CallContext) => {
+          const q = fc.InfoDataRequest.decode(data);
+          const r = await svc.infoData(api.InfoRequest.decode(q.request), q.maxData, ctx);
+          const response = api.InfoResponse.encode(r.response).finish();
+          return fc.InfoDataReply.encode({ response: Buffer.from(response.buffer, response.byteOffset, response.byteLength), digest: r.response.info!.digest, hasData: !!r.data, data: r.data ?? Buffer.alloc(0) }).finish();
+        },
+      },
       { method: 'Write', subject: serviceSubject('content', 'Write'), unary: writeStep(false) },
       { method: 'WriteNext', subject: nextSubject, unary: writeStep(true) },
     ],

@@ -63,6 +63,24 @@ export class ContentService {
     return { info: toInfo(await this.store.info(ctx, req.digest)) };
   }
 
+  /**
+   * Info, and the blob's bytes when its size is at most `maxData` (the gateway's InfoData,
+   * proto/flotilla/content.proto). A blob deleted between the two reads is Info alone.
+   */
+  async infoData(req: api.InfoRequest, maxData: number, ctx: CallContext): Promise<{ response: api.InfoResponse; data?: Buffer }> {
+    const response = await this.info(req, ctx);
+    const size = response.info!.size;
+    if (size > Math.min(maxData, this.readChunk)) return { response };
+    const pieces: Buffer[] = [];
+    try {
+      for await (const c of this.store.backend.read(req.digest, 0, size, this.readChunk)) pieces.push(c.data as Buffer);
+    } catch {
+      return { response };
+    }
+    const data = Buffer.concat(pieces);
+    return data.length === size ? { response, data } : { response };
+  }
+
   async update(req: api.UpdateRequest, ctx: CallContext): Promise<api.UpdateResponse> {
     const digest = req.info?.digest ?? '';
     if (digestError(digest)) throw invalid(`${JSON.stringify(digest)} failed validation`);

@@ -109,11 +109,28 @@ const PIPELINE_BYTES = 8 << 20;
 /** One hop of a held call (tasks Wait); the tasks service answers Continue well within it. */
 const HELD_HOP_MS = 15_000;
 
+/** Largest blob a content Info brings back for the Read that follows it (see contentInfo). */
+const HELD_BLOB_MAX = 64 * 1024;
+/** How long such a blob waits for that Read. */
+const HELD_BLOB_MS = 1000;
+
+/** A small blob an Info fetched, for the next call on its connection if that is a Read of it. */
+interface HeldBlob {
+  /** The stream id the Read must have: the Info's + 2, the client's next call on the connection. */
+  next: number;
+  namespace: string | undefined;
+  digest: string;
+  data: Buffer;
+  at: number;
+}
+
 export class Gateway {
   private server?: GrpcServer;
   private uuid = '';
   /** Whether the NATS connection is up (health answers NOT_SERVING while it is not). */
   private natsUp = true;
+  /** Per connection: the blob the last content Info brought (see contentInfo). */
+  private readonly heldBlobs = new WeakMap<object, HeldBlob>();
   constructor(private readonly opts: GatewayOptions) {}
 
   /**
@@ -152,22 +169,65 @@ export class Gateway {
     return withSpan(call.path, SpanKind.SERVER, parent, { 'rpc.system': 'grpc', 'rpc.method': call.path }, fn);
   }
 
-  private unary(server: GrpcServer, pathName: string, handler: (req: Buffer, ctx: CallContext) => Promise<Uint8Array>): void {
+  private unary(server: GrpcServer, pathName: string, handler: (req: Buffer, ctx: CallContext, call: Call) => Promise<Uint8Array>): void {
     server.unary(pathName, (req, call) => {
       const ctx = this.contextOf(call);
-      return this.traced(call, () => handler(req, ctx));
+      return this.traced(call, () => handler(req, ctx, call));
     });
+  }
+
+  /**
+   * Content Info, asked of the content service as InfoData: a blob of at most HELD_BLOB_MAX
+   * comes back with its info and is held for the connection's next call. A client reads a
+   * blob through a ReaderAt, which is an Info and then a Read of the same digest
+   * (containerd's content proxy; ctr reads manifests and configs so, ten times per `ctr
+   * run`); contentRead answers that Read from the held bytes when it is that next call,
+   * within HELD_BLOB_MS: as containerd's own local ReaderAt keeps reading the file it
+   * opened. Any other call in between, or a later one, goes to the content service.
+   */
+  private contentInfo(subject: string): (req: Buffer, ctx: CallContext, call: Call) => Promise<Uint8Array> {
+    return async (req, ctx, call) => {
+      const maxData = Math.min(HELD_BLOB_MAX, this.opts.bus.chunkLimit >> 1);
+      const reply = api.flotillaContent.InfoDataReply.decode(await this.opts.bus.request(subject, api.flotillaContent.InfoDataRequest.encode({ request: req, maxData }).finish(), ctx));
+      if (reply.hasData) this.heldBlobs.set(call.connection, { next: call.id + 2, namespace: ctx.namespace, digest: reply.digest, data: reply.data, at: Date.now() });
+      return reply.response;
+    };
+  }
+
+  /**
+   * The replies to a content Read from the blob the previous call's Info brought (see
+   * contentInfo), exactly as the content service would send them (one message: its chunks
+   * are larger than HELD_BLOB_MAX); undefined when the Read must go to the service.
+   */
+  private heldRead(req: Buffer, call: Call, ctx: CallContext): Uint8Array[] | undefined {
+    const held = this.heldBlobs.get(call.connection);
+    if (!held) return undefined;
+    this.heldBlobs.delete(call.connection);
+    if (held.next !== call.id || held.namespace !== ctx.namespace || Date.now() - held.at > HELD_BLOB_MS) return undefined;
+    const r = api.content.ReadContentRequest.decode(req);
+    const len = held.data.length;
+    const offset = Math.max(0, r.offset);
+    // A bad digest or an offset past the end: the service's errors, from the service.
+    if (r.digest !== held.digest || offset > len) return undefined;
+    const size = r.size <= 0 || offset + r.size > len ? len - offset : r.size;
+    if (size === 0) return [];
+    return [api.content.ReadContentResponse.encode({ offset: 0, data: held.data.subarray(offset, offset + size) }).finish()];
   }
 
   /**
    * A server stream relayed batch by batch: a bus batch of whole messages becomes gRPC frames
    * in place (framer.ts), so a 10k-container ListStream's 10,000 messages arrive in a few bus
-   * batches and leave as a few writes.
+   * batches and leave as a few writes. `local` may answer the call instead (heldRead).
    */
-  private serverStream(server: GrpcServer, pathName: string, subject: string): void {
+  private serverStream(server: GrpcServer, pathName: string, subject: string, local?: (req: Buffer, call: Call, ctx: CallContext) => Uint8Array[] | undefined): void {
     server.serverStream(pathName, (req, call) => {
       const ctx = this.contextOf(call);
       return this.traced(call, async () => {
+        const answer = local?.(req, call, ctx);
+        if (answer) {
+          for (const m of answer) call.write(m);
+          return;
+        }
         const framer = new GrpcFramer(MAX_MESSAGE);
         for await (const batch of this.opts.bus.requestBatches(subject, req, ctx)) {
           for (const piece of framer.push(batch)) {
@@ -336,7 +396,10 @@ export class Gateway {
         if (def.fullName === api.content.ContentDefinition.fullName && m.name === 'Write') server.bidi(pathName, this.contentWrite());
         continue;
       }
+      const content = def.fullName === api.content.ContentDefinition.fullName;
       if (def.fullName === api.tasks.TasksDefinition.fullName && m.name === 'Wait') this.unary(server, pathName, (req, ctx) => this.held(subject, req, ctx));
+      else if (content && m.name === 'Info') this.unary(server, pathName, this.contentInfo(route('InfoData')));
+      else if (content && m.name === 'Read') this.serverStream(server, pathName, subject, (req, call, ctx) => this.heldRead(req, call, ctx));
       else if (m.responseStream) this.serverStream(server, pathName, subject);
       else this.unary(server, pathName, (req, ctx) => this.opts.bus.request(subject, req, ctx));
     }

@@ -39,6 +39,13 @@ export interface ServerOptions {
 export interface Call {
   /** The method's path, `/<service>/<method>`. */
   readonly path: string;
+  /**
+   * The HTTP/2 connection the call came on, as an opaque identity: the same object for
+   * every call of that connection (a key for per-connection state in a WeakMap).
+   */
+  readonly connection: object;
+  /** The call's HTTP/2 stream id: a client numbers the calls it opens on a connection 1, 3, 5, … (RFC 9113 §5.1.1). */
+  readonly id: number;
   /** The first value of a request header (lower-case name), as the client sent it. */
   header(name: string): string | undefined;
   /** From grpc-timeout: the absolute deadline, epoch ms. */
@@ -713,6 +720,10 @@ class Stream implements BidiCall {
     this.path = this.header(':path') ?? '';
     this.sendWindow = conn.peerInitialWindow;
     this.recvWindow = conn.server.opts.streamWindow;
+  }
+
+  get connection(): object {
+    return this.conn;
   }
 
   header(name: string): string | undefined {

@@ -38,6 +38,28 @@ export interface WriteStepReply {
   done: boolean;
 }
 
+/**
+ * Content Info as the gateway asks for it: with the blob's bytes when it is small. A
+ * client's ReaderAt is an Info and then a Read of the same digest (containerd's content
+ * proxy; ctr reads every manifest and config so), and the gateway answers that Read from
+ * these bytes when it is the next call on the same connection: one hop instead of two.
+ */
+export interface InfoDataRequest {
+  /** The client's InfoRequest, as it sent it. */
+  request: Buffer;
+  /** Include the blob's bytes when its size is at most this. */
+  maxData: number;
+}
+
+export interface InfoDataReply {
+  /** The InfoResponse for the client, encoded. */
+  response: Buffer;
+  /** The blob's digest and bytes, when has_data (its size was at most max_data). */
+  digest: string;
+  hasData: boolean;
+  data: Buffer;
+}
+
 function createBaseWriteStep(): WriteStep {
   return { session: "", request: undefined, close: false, acceptedAt: 0 };
 }
@@ -224,6 +246,164 @@ export const WriteStepReply: MessageFns<WriteStepReply> = {
   },
 };
 
+function createBaseInfoDataRequest(): InfoDataRequest {
+  return { request: Buffer.alloc(0), maxData: 0 };
+}
+
+export const InfoDataRequest: MessageFns<InfoDataRequest> = {
+  encode(message: InfoDataRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.request.length !== 0) {
+      writer.uint32(10).bytes(message.request);
+    }
+    if (message.maxData !== 0) {
+      writer.uint32(16).int64(message.maxData);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InfoDataRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInfoDataRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = bytesView(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.maxData = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<InfoDataRequest>, I>>(base?: I): InfoDataRequest {
+    return InfoDataRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InfoDataRequest>, I>>(object: I): InfoDataRequest {
+    const message = createBaseInfoDataRequest();
+    message.request = object.request ?? Buffer.alloc(0);
+    message.maxData = object.maxData ?? 0;
+    return message;
+  },
+};
+
+function createBaseInfoDataReply(): InfoDataReply {
+  return { response: Buffer.alloc(0), digest: "", hasData: false, data: Buffer.alloc(0) };
+}
+
+export const InfoDataReply: MessageFns<InfoDataReply> = {
+  encode(message: InfoDataReply, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.response.length !== 0) {
+      writer.uint32(10).bytes(message.response);
+    }
+    if (message.digest !== "") {
+      writer.uint32(18).string(message.digest);
+    }
+    if (message.hasData !== false) {
+      writer.uint32(24).bool(message.hasData);
+    }
+    if (message.data.length !== 0) {
+      writer.uint32(34).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InfoDataReply {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInfoDataReply();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.response = bytesView(reader.bytes());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.digest = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hasData = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.data = bytesView(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create<I extends Exact<DeepPartial<InfoDataReply>, I>>(base?: I): InfoDataReply {
+    return InfoDataReply.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InfoDataReply>, I>>(object: I): InfoDataReply {
+    const message = createBaseInfoDataReply();
+    message.response = object.response ?? Buffer.alloc(0);
+    message.digest = object.digest ?? "";
+    message.hasData = object.hasData ?? false;
+    message.data = object.data ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
 type DeepPartial<T> = T extends Builtin ? T
@@ -236,9 +416,25 @@ type KeysOfUnion<T> = T extends T ? keyof T : never;
 type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
 
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
+
 interface MessageFns<T> {
   encode(message: T, writer?: BinaryWriter): BinaryWriter;
   decode(input: BinaryReader | Uint8Array, length?: number): T;
   create<I extends Exact<DeepPartial<T>, I>>(base?: I): T;
   fromPartial<I extends Exact<DeepPartial<T>, I>>(object: I): T;
+}
+
+/** `b` as a Buffer over the same memory (no copy); added by tools/gen-proto.sh. */
+function bytesView(b: Uint8Array): Buffer {
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 }
