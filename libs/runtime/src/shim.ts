@@ -2,7 +2,7 @@
 // v2 does (bundle layout, arguments, environment, log FIFO, cleanup with `shim delete`),
 // drives it over ttrpc (containerd.task.v2.Task), and serves the ttrpc Events endpoint the
 // shims forward their task events to.
-import { appendFileSync, createWriteStream, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, createWriteStream, readFileSync, writeFileSync, type WriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import type net from 'node:net';
 import path from 'node:path';
@@ -52,7 +52,7 @@ export interface ShimManagerOptions {
   shimBinary?: string;
   /** Passed as -publish-binary. The shims publish through TTRPC_ADDRESS, so it is never run. */
   publishBinary?: string;
-  /** If set, each shim's log is appended to <logDir>/shim-<namespace>-<id>.log. */
+  /** If set, every shim's log lines are appended to <logDir>/shims.log, each prefixed with `<namespace>/<id>: `. */
   logDir?: string;
   /** Our log: shim log lines (when no logDir) and cleanup warnings. Default: stderr. */
   log?: (msg: string, fields?: Record<string, unknown>) => void;
@@ -127,6 +127,8 @@ export class ShimManager {
   private readonly fifos: FifoPool;
   /** Starts shim binaries and mkfifo without forking the agent. */
   private readonly spawner: Spawner;
+  /** The node's shims.log, opened at the first shim log it copies (with a logDir). */
+  private shimLog: WriteStream | undefined;
   /** Removals of retired bundles still running after their task's Delete answered. */
   private readonly deletions = new Set<Promise<void>>();
 
@@ -379,6 +381,8 @@ export class ShimManager {
     }
     this.shims.clear();
     this.spawner.close();
+    this.shimLog?.end();
+    this.shimLog = undefined;
     await this.events.close();
   }
 
@@ -652,22 +656,31 @@ export class ShimManager {
     }
   }
 
+  /**
+   * Copies a shim's log lines, whole, to `<logDir>/shims.log` prefixed with `<namespace>/<id>: `
+   * (one file for every shim of the node, as containerd puts them in its own log: a file per
+   * container would pile up with every container ever run), or to our log without a logDir.
+   */
   private drainLog(h: ShimHandle): void {
     const log = h.log;
     if (!log) return;
     const { namespace, id } = h.bundle;
-    if (this.opts.logDir) {
-      const file = createWriteStream(path.join(this.opts.logDir, `shim-${namespace}-${id}.log`), { flags: 'a' });
-      file.on('error', () => {});
-      log.pipe(file);
-      return;
+    if (this.opts.logDir && !this.shimLog) {
+      this.shimLog = createWriteStream(path.join(this.opts.logDir, 'shims.log'), { flags: 'a' });
+      this.shimLog.on('error', () => {});
     }
+    const out = this.shimLog;
+    const prefix = `${namespace}/${id}: `;
     let partial = '';
     log.setEncoding('utf8');
     log.on('data', (chunk: string) => {
       const lines = (partial + chunk).split('\n');
       partial = lines.pop() ?? '';
-      for (const line of lines) if (line) this.log('shim', { namespace, id, line });
+      for (const line of lines) {
+        if (!line) continue;
+        if (out) out.write(prefix + line + '\n');
+        else this.log('shim', { namespace, id, line });
+      }
     });
   }
 }

@@ -373,6 +373,27 @@ test('a shim that dies is cleaned up: container killed, bundle removed, exit and
   assert.deepEqual(await mountsUnder(path.join(opts.stateDir, NS)), []);
 });
 
+test('with a logDir, every shim logs into one shims.log, each line prefixed with its namespace and id', async () => {
+  const logDir = path.join(root, 'logs');
+  await mgr.close();
+  mgr = new ShimManager({ ...opts, logDir });
+  await mgr.start();
+  const ids = ['log-a', 'log-b'];
+  for (const id of ids) {
+    await mgr.createTask({ namespace: NS, id, bundleSpec: spec(id, ['/bin/sh', '-c', 'exit 0']), rootfs: rootfs(), stdin: '', stdout: '', stderr: '', terminal: false });
+    await mgr.startTask(NS, id);
+    await mgr.wait(NS, id);
+    await mgr.deleteTask(NS, id);
+  }
+  const file = path.join(logDir, 'shims.log');
+  const text = () => fs.readFile(file, 'utf8').catch(() => '');
+  // containerd-shim-runc-v2 logs "starting signal loop" once it serves.
+  for (const id of ids) await until(`${id} logged`, async () => (await text()).split('\n').some((l) => l.startsWith(`${NS}/${id}: `) && l.includes('starting signal loop')));
+  assert.deepEqual(await fs.readdir(logDir), ['shims.log'], 'one file for all shims');
+  const lines = (await text()).split('\n').filter(Boolean);
+  for (const l of lines) assert.match(l, new RegExp(`^${NS}/log-[ab]: time="`), 'whole lines, each with its prefix');
+});
+
 test('nothing is left running', async () => {
   await until('no shims', () => shimProcesses().length === 0);
   await mgr.settled();
