@@ -9,9 +9,16 @@
 // --statements also lists the SQL statements per command (log_statement=all while measuring).
 // --cpu-prof DIR profiles each app while the measured commands run (not the warm-up):
 // DIR/main-<app>-<pid>.cpuprofile.
+// --perf FILE records on-CPU samples of every process of the side while they run (`perf
+// record -e cpu-clock -g`; the apps run with --perf-basic-prof, so JS frames have names in
+// /tmp/perf-<pid>.map): unlike --cpu-prof, which samples the main thread's wall time,
+// it shows kernel time, V8's compiler and GC threads, and PostgreSQL. `perf report -i FILE`.
+// --warmups N: untimed runs before the measured ones (default 1); node's JIT keeps
+// optimising over the first ~100 `ctr run --rm` of a fresh stack.
 // `{busybox}` is replaced by the test image (imported first), `{id}` by a fresh id; with
 // --stdin-mib, each run reads a fresh random file of M MiB on stdin (content ingest {id}).
 import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -46,6 +53,8 @@ async function main(): Promise<void> {
   let statements = false;
   let containers = 0;
   let cpuProf = '';
+  let perfOut = '';
+  let warmups = 1;
   const dash = argv.indexOf('--');
   for (let i = 0; i < (dash < 0 ? argv.length : dash); i++) {
     if (argv[i] === '--repeat') repeat = Number(argv[++i]);
@@ -54,6 +63,8 @@ async function main(): Promise<void> {
     else if (argv[i] === '--statements') statements = true;
     else if (argv[i] === '--containers') containers = Number(argv[++i]);
     else if (argv[i] === '--cpu-prof') cpuProf = path.resolve(argv[++i]!);
+    else if (argv[i] === '--perf') perfOut = path.resolve(argv[++i]!);
+    else if (argv[i] === '--warmups') warmups = Number(argv[++i]);
   }
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-rt-'));
   const input = async (i: number) => {
@@ -64,7 +75,7 @@ async function main(): Promise<void> {
   };
   const cmd = dash < 0 ? ['run', '--rm', '{busybox}', '{id}', '/bin/true'] : argv.slice(dash + 1);
   const busybox = await buildBusyboxImage();
-  const env = cpuProf ? await cpuProfileEnv(cpuProf, { signal: true }) : undefined;
+  const env = cpuProf ? await cpuProfileEnv(cpuProf, { signal: true }) : perfOut ? { NODE_OPTIONS: '--perf-basic-prof' } : undefined;
   const side = reference ? await startContainerd() : await startFlotilla({ env });
   try {
     const r = await side.ctr(['images', 'import', busybox.archivePath], { namespace: NAMESPACE });
@@ -84,8 +95,8 @@ async function main(): Promise<void> {
       await db`CHECKPOINT`;
       await db.end({ timeout: 5 });
     }
-    const args = (i: number) => cmd.map((a) => a.replace('{busybox}', busybox.name).replace('{id}', `rt-${i + 1}`));
-    await timedCtr(side, args(-1), { stdinFile: await input(-1) });
+    const args = (i: number) => cmd.map((a) => a.replace('{busybox}', busybox.name).replace('{id}', i < 0 ? `rt-w${-i}` : `rt-${i + 1}`));
+    for (let i = 0; i < warmups; i++) await timedCtr(side, args(-1 - i), { stdinFile: await input(-1 - i) });
     // Debian's containerd (--containerd): only the CPU per process, for comparison.
     const nc = reference ? undefined : await connect({ servers: side.natsUrl!, name: 'bench-roundtrips' });
     const counts = new Map<string, { msgs: number; bytes: number }>();
@@ -125,7 +136,10 @@ async function main(): Promise<void> {
     const profiled = cpuProf ? (await Promise.all(pids.map(async ([, p]) => ((await fs.readlink(`/proc/${p}/exe`).catch(() => '')) === process.execPath ? p : 0)))).filter(Boolean) : [];
     const toggleProfiles = () => profiled.forEach((p) => process.kill(p, 'SIGUSR2'));
     toggleProfiles();
+    const perf = perfOut ? spawn('perf', ['record', '-q', '-e', 'cpu-clock', '-F', '4999', '-g', '-o', perfOut, '-p', pids.map(([, p]) => p).join(',')], { stdio: 'inherit' }) : undefined;
+    if (perf) await new Promise((res) => setTimeout(res, 500));
     for (let i = 0; i < repeat; i++) times.push(await timedCtr(side, args(i), { stdinFile: files[i] }));
+    if (perf) await new Promise((res) => { perf.on('exit', res); perf.kill('SIGINT'); });
     toggleProfiles();
     await nc?.flush();
     await new Promise((res) => setTimeout(res, 300));
@@ -181,6 +195,8 @@ async function main(): Promise<void> {
   } finally {
     await fs.rm(tmp, { recursive: true, force: true });
     await side.stop();
+    // --perf-basic-prof also makes each app write an (empty) isolate-*-v8.log into its cwd.
+    if (perfOut) for (const f of await fs.readdir('.')) if (/^isolate-0x[0-9a-f]+-\d+-v8\.log$/.test(f)) await fs.rm(f, { force: true });
   }
 }
 
