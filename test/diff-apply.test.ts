@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { connect } from 'nats';
-import { content as capi } from '@flotilla/api';
+import { content as capi, flotillaContent } from '@flotilla/api';
 import { startReferenceContainerd, startStack, testNamespace, type Reference, type Stack } from '@flotilla/testing';
 import { describeTree, layerTar, ociArchive } from './snapshots-support.js';
 
@@ -73,17 +73,22 @@ test('with the local content backend, Apply reads layer blobs from the content s
   const image = await ociArchive(dir, 'flotilla.test/local-read:v1', layers);
   const nc = await connect({ servers: stack.env.NATS_URL! });
   const read: string[] = [];
-  const sub = nc.subscribe('flotilla.v1.svc.content.Read', { callback: (_e, m) => read.push(capi.ReadContentRequest.decode(m.data).digest) });
+  const infos: string[] = [];
+  // The gateway asks for Info as InfoData, and answers a small blob's Read that follows from it.
+  const subs = [
+    nc.subscribe('flotilla.v1.svc.content.Read', { callback: (_e, m) => read.push(capi.ReadContentRequest.decode(m.data).digest) }),
+    nc.subscribe('flotilla.v1.svc.content.InfoData', { callback: (_e, m) => infos.push(capi.InfoRequest.decode(flotillaContent.InfoDataRequest.decode(m.data).request).digest) }),
+  ];
   await nc.flush();
   try {
     const imp = await stack.ctr(['images', 'import', image.archivePath], { namespace: ns, timeoutMs: 120_000 });
     assert.equal(imp.code, 0, imp.stderr);
     await nc.flush();
   } finally {
-    sub.unsubscribe();
+    for (const s of subs) s.unsubscribe();
     await nc.close();
   }
-  assert.ok(read.length > 0, 'ctr reads the manifest and config over the bus');
+  assert.ok(infos.length > 0, 'ctr reads the manifest and config through the content service');
   for (const d of image.layerDigests) assert.ok(!read.includes(d), `layer ${d} read over the bus`);
   // The unpack happened: the chain's committed snapshot exists with the layers' files.
   const p = await stack.ctr(['snapshots', 'prepare', 'probe', image.chainId], { namespace: ns });
