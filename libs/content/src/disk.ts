@@ -166,6 +166,12 @@ class DiskIngestWriter implements IngestWriter {
     if (!fh) return;
     this.fh = undefined;
     try {
+      // The data file's mtime stands in for updatedAt after a crash (ingestStatus, resume
+      // take the later of the two). A pipelined write's updatedAt is when the gateway
+      // accepted it, which the bytes reach the disk after: on a clean close the file takes
+      // that time, so a resumed writer and Status keep reporting it (containerd's
+      // testsuite checks a resumed ingest's updated_at is the last write's).
+      await fh.utimes(Date.now() / 1000, this.meta.updatedAt / 1000);
       await fh.sync();
     } finally {
       await fh.close();
