@@ -61,6 +61,21 @@ class Conn {
       call.on('status', (s) => resolve({ code: s.code, details: s.code ? s.details : '', replies }));
     });
   }
+  /** Info with the request bytes as given (not necessarily a valid InfoRequest). */
+  rawInfo(req: Buffer): Promise<{ code: number; details: string }> {
+    return new Promise((resolve) => {
+      this.client.makeUnaryRequest(SVC + 'Info', (b: Buffer) => b, (b: Buffer) => b, req, this.md(ns), (err) => resolve(err ? { code: err.code, details: err.details } : { code: 0, details: '' }));
+    });
+  }
+  /** Read with the request bytes as given. */
+  rawRead(req: Buffer): Promise<{ code: number; details: string }> {
+    return new Promise((resolve) => {
+      const call = this.client.makeServerStreamRequest(SVC + 'Read', (b: Buffer) => b, (b: Buffer) => b, req, this.md(ns));
+      call.on('data', () => {});
+      call.on('error', () => {});
+      call.on('status', (s) => resolve({ code: s.code, details: s.details }));
+    });
+  }
   close(): void {
     this.client.close();
   }
@@ -177,6 +192,15 @@ test('every other Read goes to the content service and gets its answers', async 
       });
       assert.equal(n, 1);
     });
+    await t.test('a Read request that does not decode: InvalidArgument, from the service', async () => {
+      const n = await servedReads(async () => {
+        assert.equal((await c.info(sha(small))).code, 0);
+        const r = await c.rawRead(Buffer.from([0x0a, 100, 0x61]));
+        assert.equal(r.code, grpc.status.INVALID_ARGUMENT);
+        assert.match(r.details, /^malformed Content\.Read request: /);
+      });
+      assert.equal(n, 1);
+    });
     await t.test('an Info of a missing blob holds nothing', async () => {
       const n = await servedReads(async () => {
         assert.equal((await c.info(sha(small))).code, 0);
@@ -189,5 +213,17 @@ test('every other Read goes to the content service and gets its answers', async 
   } finally {
     c.close();
     other.close();
+  }
+});
+
+test('an Info request that does not decode is InvalidArgument, as every malformed request', async () => {
+  const c = new Conn();
+  try {
+    // Field 1 (digest) claims 100 bytes and brings 2.
+    const r = await c.rawInfo(Buffer.from([0x0a, 100, 0x61, 0x62]));
+    assert.equal(r.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(r.details, /^malformed Content\.Info request: /);
+  } finally {
+    c.close();
   }
 });

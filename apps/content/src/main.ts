@@ -8,6 +8,7 @@ import { appStateDir } from '@flotilla/config';
 import { ContentService, ContentStore, DiskBackend, S3Backend, contentMigrations, type Backend } from '@flotilla/content';
 import { connectDb, migrate } from '@flotilla/db';
 import { publishEvent } from '@flotilla/events';
+import { errInvalidArgument, messageOf } from '@flotilla/errdefs';
 
 void runApp('content', async ({ cfg, bus }) => {
   const sql = connectDb(cfg.databaseUrl, { appName: 'flotilla-content' });
@@ -67,8 +68,16 @@ void runApp('content', async ({ cfg, bus }) => {
         method: 'InfoData',
         subject: serviceSubject('content', 'InfoData'),
         unary: async (data: Uint8Array, ctx: CallContext) => {
-          const q = fc.InfoDataRequest.decode(data);
-          const r = await svc.infoData(api.InfoRequest.decode(q.request), q.maxData, ctx);
+          // A request that does not decode fails as the plain Info endpoint's does (libs/bus rpc.ts).
+          let q: fc.InfoDataRequest;
+          let req: api.InfoRequest;
+          try {
+            q = fc.InfoDataRequest.decode(data);
+            req = api.InfoRequest.decode(q.request);
+          } catch (err) {
+            throw errInvalidArgument(`malformed Content.Info request: ${messageOf(err)}`);
+          }
+          const r = await svc.infoData(req, q.maxData, ctx);
           const response = api.InfoResponse.encode(r.response).finish();
           return fc.InfoDataReply.encode({ response: Buffer.from(response.buffer, response.byteOffset, response.byteLength), digest: r.response.info!.digest, hasData: !!r.data, data: r.data ?? Buffer.alloc(0) }).finish();
         },

@@ -204,7 +204,12 @@ export class Gateway {
     if (!held) return undefined;
     this.heldBlobs.delete(call.connection);
     if (held.next !== call.id || held.namespace !== ctx.namespace || Date.now() - held.at > HELD_BLOB_MS) return undefined;
-    const r = api.content.ReadContentRequest.decode(req);
+    let r: api.content.ReadContentRequest;
+    try {
+      r = api.content.ReadContentRequest.decode(req);
+    } catch {
+      return undefined; // malformed: the service's InvalidArgument
+    }
     const len = held.data.length;
     const offset = Math.max(0, r.offset);
     // A bad digest or an offset past the end: the service's errors, from the service.
