@@ -75,7 +75,7 @@ async function main(): Promise<void> {
   };
   const cmd = dash < 0 ? ['run', '--rm', '{busybox}', '{id}', '/bin/true'] : argv.slice(dash + 1);
   const busybox = await buildBusyboxImage();
-  const env = cpuProf ? await cpuProfileEnv(cpuProf, { signal: true }) : perfOut ? { NODE_OPTIONS: '--perf-basic-prof' } : undefined;
+  const env = cpuProf ? await cpuProfileEnv(cpuProf, { signal: true }) : perfOut ? { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --perf-basic-prof`.trim() } : undefined;
   const side = reference ? await startContainerd() : await startFlotilla({ env });
   try {
     const r = await side.ctr(['images', 'import', busybox.archivePath], { namespace: NAMESPACE });

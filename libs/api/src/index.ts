@@ -29,7 +29,7 @@ export { Empty } from './gen/google/protobuf/empty.js';
 export { Timestamp } from './gen/google/protobuf/timestamp.js';
 export { FieldMask } from './gen/google/protobuf/field_mask.js';
 export { Status } from './gen/google/rpc/status.js';
-export { toTimestamp, fromTimestamp, packAny } from './util.js';
+export { toTimestamp, fromTimestamp, packAny, readRange } from './util.js';
 export type { MessageType, ServiceDefinition, MethodDefinition } from './util.js';
 // flotilla's own messages (proto/flotilla).
 export * as flotillaContent from './gen/flotilla/content.js';

@@ -38,3 +38,14 @@ export function fromTimestamp(t: Timestamp | undefined): Date {
 export function packAny<T>(typeUrl: string, type: MessageType<T>, message: T): Any {
   return { typeUrl, value: Buffer.from(type.encode(message).finish()) };
 }
+
+/**
+ * The bytes a content Read covers of a blob of `total` bytes, as containerd's content
+ * service computes them: a negative offset reads from 0; a size of 0 or one past the end
+ * reads to the end. Undefined when the offset is past the end (OutOfRange).
+ */
+export function readRange(offset: number, size: number, total: number): { offset: number; size: number } | undefined {
+  const from = Math.max(0, offset);
+  if (from > total) return undefined;
+  return { offset: from, size: size <= 0 || from + size > total ? total - from : size };
+}

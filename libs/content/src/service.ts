@@ -4,7 +4,7 @@
 // writeOpen for the first message, writeNext for each later one, writeClose when the
 // client's stream ends.
 import { randomUUID } from 'node:crypto';
-import { content as api, toTimestamp } from '@flotilla/api';
+import { content as api, readRange, toTimestamp } from '@flotilla/api';
 import type { CallContext } from '@flotilla/bus';
 import { ContainerdError, ErrorClass, errUnavailable, withClass } from '@flotilla/errdefs';
 import { digestError } from './digest.js';
@@ -112,10 +112,9 @@ export class ContentService {
     const why = digestError(req.digest);
     if (why) throw invalid(`${req.digest}: ${why}`);
     const info = await this.store.info(ctx, req.digest);
-    const offset = Math.max(0, req.offset);
-    if (offset > info.size) throw new ContainerdError(ErrorClass.OutOfRange, `read past object length ${info.size} bytes`);
-    let size = req.size;
-    if (size <= 0 || offset + size > info.size) size = info.size - offset;
+    const range = readRange(req.offset, req.size, info.size);
+    if (!range) throw new ContainerdError(ErrorClass.OutOfRange, `read past object length ${info.size} bytes`);
+    const { offset, size } = range;
     if (size === 0) return;
     // containerd numbers the replies' offsets from the start of the read, not of the blob.
     for await (const c of this.store.backend.read(req.digest, offset, size, this.readChunk)) yield { offset: c.offset - offset, data: c.data as Buffer };

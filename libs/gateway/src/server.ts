@@ -7,7 +7,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { randomUUID, type Hash } from 'node:crypto';
 import * as api from '@flotilla/api';
-import { canonicalDigester, digestOf, preciseNow } from '@flotilla/api';
+import { canonicalDigester, digestOf, preciseNow, readRange } from '@flotilla/api';
 import type { ServiceDefinition } from '@flotilla/api';
 import { Bus, type CallContext } from '@flotilla/bus';
 import { ContainerdError, ErrorClass, GrpcCode, classOf, grpcCodeOf, messageOf, errUnavailable, isUnavailable } from '@flotilla/errdefs';
@@ -181,7 +181,7 @@ export class Gateway {
    * comes back with its info and is held for the connection's next call. A client reads a
    * blob through a ReaderAt, which is an Info and then a Read of the same digest
    * (containerd's content proxy; ctr reads manifests and configs so, ten times per `ctr
-   * run`); contentRead answers that Read from the held bytes when it is that next call,
+   * run`); heldRead answers that Read from the held bytes when it is that next call,
    * within HELD_BLOB_MS: as containerd's own local ReaderAt keeps reading the file it
    * opened. Any other call in between, or a later one, goes to the content service.
    */
@@ -210,13 +210,11 @@ export class Gateway {
     } catch {
       return undefined; // malformed: the service's InvalidArgument
     }
-    const len = held.data.length;
-    const offset = Math.max(0, r.offset);
+    const range = readRange(r.offset, r.size, held.data.length);
     // A bad digest or an offset past the end: the service's errors, from the service.
-    if (r.digest !== held.digest || offset > len) return undefined;
-    const size = r.size <= 0 || offset + r.size > len ? len - offset : r.size;
-    if (size === 0) return [];
-    return [api.content.ReadContentResponse.encode({ offset: 0, data: held.data.subarray(offset, offset + size) }).finish()];
+    if (r.digest !== held.digest || !range) return undefined;
+    if (range.size === 0) return [];
+    return [api.content.ReadContentResponse.encode({ offset: 0, data: held.data.subarray(range.offset, range.offset + range.size) }).finish()];
   }
 
   /**
