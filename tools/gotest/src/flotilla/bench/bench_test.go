@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -86,11 +87,19 @@ func parallel(n, workers int, f func(i int) error) error {
 
 // TestContainers creates BENCH_COUNT containers (BENCH_WORKERS at a time), lists them
 // BENCH_LIST_REPEAT times, then deletes them all; reports each phase's wall time.
+// BENCH_PHASES (default create,list,delete) runs only some phases: a profiling session
+// creates once and lists many times (list expects BENCH_COUNT containers there).
 func TestContainers(t *testing.T) {
 	c, ctx := connect(t)
 	count := envInt(t, "BENCH_COUNT", 1000)
 	workers := envInt(t, "BENCH_WORKERS", 8)
 	repeat := envInt(t, "BENCH_LIST_REPEAT", 3)
+	phases := os.Getenv("BENCH_PHASES")
+	if phases == "" {
+		phases = "create,list,delete"
+	}
+	phase := func(p string) bool { return strings.Contains(","+phases+",", ","+p+",") }
+	out := map[string]interface{}{"count": count, "workers": workers}
 	// One spec for all: what is measured is the store, not spec generation in the client.
 	spec, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: "bench"}, oci.WithProcessArgs("/bin/true"))
 	if err != nil {
@@ -98,43 +107,50 @@ func TestContainers(t *testing.T) {
 	}
 	id := func(i int) string { return fmt.Sprintf("bench-%06d", i) }
 
-	start := time.Now()
-	if err := parallel(count, workers, func(i int) error {
-		_, err := c.NewContainer(ctx, id(i), containerd.WithSpec(spec), containerd.WithContainerLabels(map[string]string{"bench": "1"}))
-		return err
-	}); err != nil {
-		t.Fatalf("create: %v", err)
+	if phase("create") {
+		start := time.Now()
+		if err := parallel(count, workers, func(i int) error {
+			_, err := c.NewContainer(ctx, id(i), containerd.WithSpec(spec), containerd.WithContainerLabels(map[string]string{"bench": "1"}))
+			return err
+		}); err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		out["create_s"] = time.Since(start).Seconds()
 	}
-	create := time.Since(start).Seconds()
 
-	lists := []float64{}
-	for r := 0; r < repeat; r++ {
-		start = time.Now()
-		got, err := c.Containers(ctx)
+	if phase("list") {
+		lists := []float64{}
+		for r := 0; r < repeat; r++ {
+			start := time.Now()
+			got, err := c.Containers(ctx)
+			if err != nil {
+				t.Fatalf("list: %v", err)
+			}
+			lists = append(lists, time.Since(start).Seconds())
+			if len(got) != count {
+				t.Fatalf("list returned %d containers, want %d", len(got), count)
+			}
+		}
+		out["list_s"] = lists
+	}
+
+	if phase("delete") {
+		start := time.Now()
+		if err := parallel(count, workers, func(i int) error {
+			return c.ContainerService().Delete(ctx, id(i))
+		}); err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+		out["delete_s"] = time.Since(start).Seconds()
+		left, err := c.Containers(ctx)
 		if err != nil {
-			t.Fatalf("list: %v", err)
+			t.Fatal(err)
 		}
-		lists = append(lists, time.Since(start).Seconds())
-		if len(got) != count {
-			t.Fatalf("list returned %d containers, want %d", len(got), count)
+		if len(left) != 0 {
+			t.Fatalf("%d containers left after delete", len(left))
 		}
 	}
-
-	start = time.Now()
-	if err := parallel(count, workers, func(i int) error {
-		return c.ContainerService().Delete(ctx, id(i))
-	}); err != nil {
-		t.Fatalf("delete: %v", err)
-	}
-	del := time.Since(start).Seconds()
-	left, err := c.Containers(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(left) != 0 {
-		t.Fatalf("%d containers left after delete", len(left))
-	}
-	report(map[string]interface{}{"count": count, "workers": workers, "create_s": create, "list_s": lists, "delete_s": del})
+	report(out)
 }
 
 // TestEventLatency runs BENCH_COUNT tasks of /bin/true from BENCH_IMAGE (already unpacked
