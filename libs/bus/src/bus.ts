@@ -9,7 +9,7 @@ import {
 } from '@flotilla/errdefs';
 import { SpanKind, extractTrace, injectTrace, otelContext, withSpan, type Carrier } from '@flotilla/telemetry';
 import { Header, PlainHeaders, type CallContext, type HeaderMap, contextFromHeaders, contextToHeaders, currentContext, runWithContext, toNatsHeaders } from './context.js';
-import { DirectLink, DirectLinkError, DirectServer, type Incoming, type Reply } from './direct.js';
+import { DirectLink, DirectLinkError, DirectServer, recycleFrame, type Incoming, type Reply } from './direct.js';
 import { BatchReader, StreamCursor } from './framing.js';
 import { instanceOfSubject, streamSubject } from './subjects.js';
 
@@ -293,6 +293,15 @@ export class Bus {
     } finally {
       if (!done) this.cancelStream(msg);
     }
+  }
+
+  /**
+   * `batch`, from requestBatches, is referenced nowhere any more (every view of it written
+   * out): its memory may take a later reply that came over a direct link. Optional; see
+   * recycleFrame (direct.ts).
+   */
+  recycleBatch(batch: Uint8Array): void {
+    recycleFrame(batch);
   }
 
   private cancelStream(last: Reply): void {

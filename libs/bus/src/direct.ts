@@ -66,6 +66,38 @@ const MAX_FRAME = 64 * 1024 * 1024;
 /** A direct link client's read buffer. */
 const READ_BUFFER = 64 * 1024;
 
+/** Frames this large get memory of their own, which recycleFrame() can take back. */
+const POOLED_FROM = 64 * 1024;
+/** Pooled frame memory is rounded up to this, so that the next frame of about the same size fits. */
+const POOL_ROUND = 256 * 1024;
+/** At most this many spare frame buffers are kept per process. */
+const POOL_MAX = 4;
+const pooled = new WeakSet<ArrayBufferLike>();
+const spareFrames: Buffer[] = [];
+
+/** Memory for a frame of `n` bytes: a spare one when it fits, else fresh. */
+function frameBuffer(n: number): Buffer {
+  if (n < POOLED_FROM) return Buffer.allocUnsafe(n);
+  const i = spareFrames.findIndex((b) => b.length >= n);
+  if (i >= 0) return spareFrames.splice(i, 1)[0]!.subarray(0, n);
+  const whole = Buffer.allocUnsafeSlow(Math.ceil(n / POOL_ROUND) * POOL_ROUND);
+  pooled.add(whole.buffer);
+  return whole.subarray(0, n);
+}
+
+/**
+ * `data` (a reply's data, or any view into the frame it came in) is referenced nowhere any
+ * more: the frame's memory may take a later frame. For a consumer that holds large replies
+ * until a socket has written them (the gateway's server streams: a 10k-container list is
+ * ~27 MB of batches, whose fresh memory outside V8's heap set off its major collections).
+ * Anything not read from a direct link is ignored; never call it for bytes still in use.
+ */
+export function recycleFrame(data: Uint8Array): void {
+  if (!pooled.has(data.buffer) || spareFrames.length >= POOL_MAX) return;
+  const whole = Buffer.from(data.buffer);
+  if (!spareFrames.some((b) => b.buffer === whole.buffer)) spareFrames.push(whole);
+}
+
 /**
  * Cuts a stream read into one reused buffer (node's `onread`) into length-prefixed frames,
  * each copied into memory of its own as it arrives: nothing points into a read after it.
@@ -92,7 +124,7 @@ class CopyingFrameReader {
         this.headFill = 0;
         const need = this.head.readUInt32BE(0);
         if (need > MAX_FRAME) throw new Error(`direct link: frame of ${need} bytes exceeds ${MAX_FRAME}`);
-        this.frame = Buffer.allocUnsafe(need);
+        this.frame = frameBuffer(need);
         this.fill = 0;
       }
       const n = chunk.copy(this.frame, this.fill, o);

@@ -37,6 +37,12 @@ export class GrpcFramer {
     return out;
   }
 
+  /** Whether the parts of the message waiting for the rest are views into `batch`'s bytes. */
+  holds(batch: Uint8Array): boolean {
+    const end = batch.byteOffset + batch.byteLength;
+    return this.parts.some((p) => p.buffer === batch.buffer && p.byteOffset < end && p.byteOffset + p.byteLength > batch.byteOffset);
+  }
+
   /** Whether a message is still waiting for its remaining parts. */
   get incomplete(): boolean {
     return this.parts.length > 0;

@@ -220,7 +220,8 @@ export class Gateway {
   /**
    * A server stream relayed batch by batch: a bus batch of whole messages becomes gRPC frames
    * in place (framer.ts), so a 10k-container ListStream's 10,000 messages arrive in a few bus
-   * batches and leave as a few writes. `local` may answer the call instead (heldRead).
+   * batches and leave as a few writes, each batch's memory given back once written.
+   * `local` may answer the call instead (heldRead).
    */
   private serverStream(server: GrpcServer, pathName: string, subject: string, local?: (req: Buffer, call: Call, ctx: CallContext) => Uint8Array[] | undefined): void {
     server.serverStream(pathName, (req, call) => {
@@ -232,10 +233,20 @@ export class Gateway {
           return;
         }
         const framer = new GrpcFramer(MAX_MESSAGE);
+        // Batches whose tail (part of a message) the framer still kept at their push.
+        let held: Uint8Array[] = [];
         for await (const batch of this.opts.bus.requestBatches(subject, req, ctx)) {
-          for (const piece of framer.push(batch)) {
+          const pieces = framer.push(batch);
+          // Once the last frames of a batch are written (socket writes complete in order:
+          // every earlier batch's too), the memory of the batches the framer no longer
+          // holds a part of can take later batches.
+          const done = [...held, batch].filter((b) => !framer.holds(b));
+          held = [...held, batch].filter((b) => framer.holds(b));
+          const free = done.length ? () => done.forEach((b) => this.opts.bus.recycleBatch(b)) : undefined;
+          for (let i = 0; i < pieces.length; i++) {
             if (call.cancelled) return;
-            const more = Buffer.isBuffer(piece) ? call.writeFrames(piece) : call.write(piece.oversize);
+            const piece = pieces[i]!;
+            const more = Buffer.isBuffer(piece) ? call.writeFrames(piece, i === pieces.length - 1 ? free : undefined) : call.write(piece.oversize);
             if (!more && !(await call.drained())) return;
           }
         }

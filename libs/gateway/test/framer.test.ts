@@ -196,4 +196,13 @@ test('the framer: whole messages in place, cut ones joined, oversize ones handed
   const f2 = new GrpcFramer(500);
   f2.push(cut[0]!);
   assert.equal(f2.incomplete, true);
+  // It holds views of every batch the waiting message has parts in, and none once the
+  // message is whole (what the gateway's recycling of batch memory relies on).
+  assert.ok(cut.length >= 3);
+  assert.equal(f2.holds(cut[0]!), true);
+  f2.push(cut[1]!);
+  assert.deepEqual(cut.slice(0, 3).map((b) => f2.holds(b)), [true, true, false]);
+  for (const b of cut.slice(2)) f2.push(b);
+  assert.equal(f2.incomplete, false);
+  assert.deepEqual(cut.map((b) => f2.holds(b)), cut.map(() => false));
 });

@@ -64,8 +64,13 @@ export interface StreamingCall extends Call {
    * RESOURCE_EXHAUSTED. After the call has ended or been cancelled, messages are dropped.
    */
   write(msg: Uint8Array): boolean;
-  /** Queues bytes that are already whole gRPC messages (prefix and body); as write(). */
-  writeFrames(frames: Uint8Array): boolean;
+  /**
+   * Queues bytes that are already whole gRPC messages (prefix and body); as write().
+   * `written` runs once the socket has handed all of them to the kernel (at once when
+   * `frames` is empty; never if the call ends before): from then on nothing reads their
+   * memory, and the caller may reuse it.
+   */
+  writeFrames(frames: Uint8Array, written?: () => void): boolean;
   /** Resolves true once the queue is below its high-water mark, false if the call is over. */
   drained(): Promise<boolean>;
 }
@@ -322,7 +327,7 @@ class Connection {
    * Queues bytes on the socket. Everything queued in one turn of the event loop leaves in
    * one write (the socket is corked until the next tick).
    */
-  write(b: Uint8Array): void {
+  write(b: Uint8Array, cb?: (err?: Error | null) => void): void {
     if (this.closed) return;
     if (!this.corked) {
       this.corked = true;
@@ -332,7 +337,7 @@ class Connection {
         this.socket.uncork();
       });
     }
-    this.socket.write(b);
+    this.socket.write(b, cb);
   }
 
   frame(type: number, flags: number, id: number, payload?: Uint8Array): void {
@@ -713,6 +718,11 @@ class Stream implements BidiCall {
   private out: OutItem[] = [];
   private outHead = 0;
   private outBytes = 0;
+  /** Bytes ever queued, and ever passed to the connection: positions for `written`. */
+  private queuedTotal = 0;
+  private sentTotal = 0;
+  /** writeFrames callbacks, in order, each due once sentTotal reaches its `end`. */
+  private written?: { end: number; fn: () => void }[];
   private trailers?: Buffer;
   private drainWaiters?: ((v: boolean) => void)[];
 
@@ -992,6 +1002,7 @@ class Stream implements BidiCall {
     this.out = [];
     this.outHead = 0;
     this.outBytes = 0;
+    this.written = undefined;
     this.trailers = undefined;
     clearTimeout(this.timer);
     this.dropInbox();
@@ -1036,9 +1047,12 @@ class Stream implements BidiCall {
     return this.outBytes < STREAM_HWM && !this.conn.congested;
   }
 
-  writeFrames(frames: Uint8Array): boolean {
+  writeFrames(frames: Uint8Array, written?: () => void): boolean {
     if (this.ended) return false;
-    if (frames.length > 0) this.queue(frames);
+    if (frames.length > 0) {
+      this.queue(frames);
+      if (written) (this.written ??= []).push({ end: this.queuedTotal, fn: written });
+    } else written?.();
     this.conn.pump(this);
     return this.outBytes < STREAM_HWM && !this.conn.congested;
   }
@@ -1073,6 +1087,19 @@ class Stream implements BidiCall {
     }
     this.out.push(b);
     this.outBytes += b.length;
+    this.queuedTotal += b.length;
+  }
+
+  /** Passes queued bytes to the connection, with the writeFrames callbacks they complete. */
+  private send(b: Uint8Array): void {
+    this.sentTotal += b.length;
+    const w = this.written;
+    if (!w?.length || w[0]!.end > this.sentTotal) return this.conn.write(b);
+    const due: (() => void)[] = [];
+    while (w.length && w[0]!.end <= this.sentTotal) due.push(w.shift()!.fn);
+    this.conn.write(b, (err) => {
+      if (!err) for (const fn of due) fn();
+    });
   }
 
   hasPending(): boolean {
@@ -1094,12 +1121,12 @@ class Stream implements BidiCall {
         let n = 1;
         while (this.outHead + n < this.out.length && size + this.out[this.outHead + n]!.length <= limit) size += this.out[this.outHead + n++]!.length;
         c.write(frameHeader(size, DATA, 0, this.id));
-        for (let i = 0; i < n; i++) c.write(this.out[this.outHead + i]!);
+        for (let i = 0; i < n; i++) this.send(this.out[this.outHead + i]!);
         this.outHead += n;
         this.consume(size);
       } else {
         c.write(frameHeader(limit, DATA, 0, this.id));
-        c.write(head.subarray(0, limit));
+        this.send(head.subarray(0, limit));
         head = head.subarray(limit);
         this.out[this.outHead] = head;
         this.consume(limit);

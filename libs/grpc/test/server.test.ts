@@ -26,9 +26,12 @@ const def: grpc.ServiceDefinition = {
   Chat: method('Chat', true, true),
   Slow: method('Slow', true, true),
   Recycle: method('Recycle', true, true),
+  Frames: method('Frames', false, true),
   Missing: method('Missing', false, false),
 };
 const MAX = 8 << 20;
+const FRAMES_PER_BATCH = 40;
+const FRAME_BODY = 50_000;
 
 let server: GrpcServer;
 let dir: string;
@@ -85,6 +88,33 @@ before(async () => {
       call.recycle(m);
     }
     call.write(Buffer.from(`reused ${reused}`));
+  });
+  // Batches of whole messages written with writeFrames from two buffers, each refilled (and
+  // first overwritten) only once its written() has run: if that ran while the socket still
+  // held a view of the buffer, the client would receive the garbage.
+  server.serverStream('/test.Svc/Frames', async (req, call) => {
+    const batches = Number(req.toString());
+    const free = [Buffer.alloc(FRAMES_PER_BATCH * (5 + FRAME_BODY)), Buffer.alloc(FRAMES_PER_BATCH * (5 + FRAME_BODY))];
+    let written = 0;
+    for (let b = 0; b < batches; b++) {
+      while (free.length === 0) await new Promise((r) => setImmediate(r));
+      const buf = free.pop()!;
+      for (let j = 0; j < FRAMES_PER_BATCH; j++) {
+        const o = j * (5 + FRAME_BODY);
+        buf[o] = 0;
+        buf.writeUInt32BE(FRAME_BODY, o + 1);
+        buf.fill((b * FRAMES_PER_BATCH + j) & 0xff, o + 5, o + 5 + FRAME_BODY);
+        buf.writeUInt32BE(b * FRAMES_PER_BATCH + j, o + 5);
+      }
+      call.writeFrames(buf, () => {
+        buf.fill(0xee);
+        free.push(buf);
+        written++;
+      });
+    }
+    call.writeFrames(Buffer.alloc(0), () => written++); // nothing to write: at once
+    while (written < batches + 1) await new Promise((r) => setImmediate(r));
+    call.write(Buffer.from(`written ${written}`));
   });
   await server.listen(sock);
   const Client = grpc.makeGenericClientConstructor(def, 'Svc');
@@ -169,6 +199,24 @@ test('server stream: 20,000 messages (60 MB) in order with flow control, then OK
     s.on('status', (st: grpc.StatusObject) => (st.code === 0 ? setImmediate(() => resolve(i)) : reject(new Error(st.details))));
   });
   assert.equal(got, n);
+});
+
+test('server stream: writeFrames\' written() runs once the socket is done with the bytes', async () => {
+  // 30 batches of 2 MB against windows of 1 MiB (stream) and 4 MiB (connection).
+  const batches = 30;
+  const got = await new Promise<{ n: number; last: string }>((resolve, reject) => {
+    let n = 0;
+    let last = '';
+    const s = (client as any).Frames(Buffer.from(String(batches))) as grpc.ClientReadableStream<Buffer>;
+    s.on('data', (m: Buffer) => {
+      if (n === batches * FRAMES_PER_BATCH) return void (last = m.toString());
+      if (m.length !== FRAME_BODY || m.readUInt32BE(0) !== n || m[FRAME_BODY - 1] !== (n & 0xff)) reject(new Error(`message ${n} wrong`));
+      n++;
+    });
+    s.on('error', reject);
+    s.on('status', (st: grpc.StatusObject) => (st.code === 0 ? setImmediate(() => resolve({ n, last })) : reject(new Error(st.details))));
+  });
+  assert.deepEqual(got, { n: batches * FRAMES_PER_BATCH, last: `written ${batches + 1}` });
 });
 
 test('server stream: a client that cancels stops the handler', async () => {
