@@ -44,7 +44,8 @@ void runApp('content', async ({ cfg, bus }) => {
       const r = await svc.writeOpen(req, ctx);
       return encode({ session: r.session, sessionSubject: nextSubject, response: r.reply, done: r.done });
     }
-    const r = await svc.writeNext(step.session, req, ctx, step.acceptedAt || undefined);
+    const vouched = step.digest ? { digest: step.digest, offset: step.digestOffset } : undefined;
+    const r = await svc.writeNext(step.session, req, ctx, step.acceptedAt || undefined, vouched);
     return encode({ session: step.session, sessionSubject: nextSubject, response: r.reply, done: r.done });
   };
 

@@ -24,6 +24,16 @@ export interface Deleter {
   delete(digest: string): Promise<void>;
 }
 
+/**
+ * The digest of an ingest's first `offset` bytes, computed by whoever saw them before the
+ * store (the gateway hashes a client's stream to answer its writes at once): the content
+ * service then hashes each byte once, not twice. Trusted as the service trusts the bus.
+ */
+export interface Vouched {
+  digest: string;
+  offset: number;
+}
+
 export interface IngestStatus {
   ref: string;
   offset: number;
@@ -40,10 +50,19 @@ export interface IngestStatus {
 export interface IngestWriter {
   readonly offset: number;
   status(): IngestStatus;
-  /** The digest of the bytes written so far. */
+  /** The digest of the bytes written so far (after settle(), when a write was vouched for). */
   digest(): string;
-  /** `at`: the write's time for updatedAt (ms since the epoch), when not now. */
-  write(data: Uint8Array, at?: number): Promise<void>;
+  /**
+   * `at`: the write's time for updatedAt (ms since the epoch), when not now. `vouched`:
+   * the digest the ingest will have once `data` is written, as the caller hashed it; a
+   * backend may take it instead of hashing `data` (digest() answers it while the ingest
+   * stays at that offset) and hashes from its stored bytes only when it must.
+   */
+  write(data: Uint8Array, at?: number, vouched?: Vouched): Promise<void>;
+  /** Takes `vouched` as the digest while the ingest is at its offset. Optional. */
+  vouch?(vouched: Vouched): void;
+  /** Hashes whatever was written unhashed and is not vouched for at the current offset. Optional. */
+  settle?(): Promise<void>;
   /** Only 0 is supported, as in containerd's local store. */
   truncate(size: number): Promise<void>;
   /**

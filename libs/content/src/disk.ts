@@ -10,7 +10,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Hash } from 'node:crypto';
 import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound } from '@flotilla/errdefs';
-import type { Backend, BlobStat, IngestStatus, IngestWriter } from './backend.js';
+import type { Backend, BlobStat, IngestStatus, IngestWriter, Vouched } from './backend.js';
 import { preciseNow } from '@flotilla/api';
 import { canonicalDigester, digestError, digestOf } from './digest.js';
 
@@ -78,6 +78,10 @@ async function writeAtomic(file: string, data: string): Promise<void> {
 
 class DiskIngestWriter implements IngestWriter {
   private fh: fs.FileHandle | undefined;
+  /** How far `hash` has taken the data (less than offset after vouched writes). */
+  private hashedTo: number;
+  /** The digest at `vouched.offset` as the writer's caller computed it. */
+  private vouched: Vouched | undefined;
   constructor(
     private readonly backend: DiskBackend,
     private readonly dir: string,
@@ -87,6 +91,7 @@ class DiskIngestWriter implements IngestWriter {
     private hash: Hash,
   ) {
     this.fh = fh;
+    this.hashedTo = offset;
   }
 
   status(): IngestStatus {
@@ -94,7 +99,29 @@ class DiskIngestWriter implements IngestWriter {
   }
 
   digest(): string {
-    return digestOf(this.hash);
+    if (this.hashedTo === this.offset) return digestOf(this.hash);
+    if (this.vouched?.offset === this.offset) return this.vouched.digest;
+    throw new Error('ingest digest asked for before settle()');
+  }
+
+  vouch(vouched: Vouched): void {
+    if (vouched.offset === this.offset) this.vouched = vouched;
+  }
+
+  async settle(): Promise<void> {
+    if (this.hashedTo !== this.offset && this.vouched?.offset !== this.offset) await this.catchUp();
+  }
+
+  /** Hashes the bytes written unhashed, read back from the data file. */
+  private async catchUp(): Promise<void> {
+    const fh = this.handle();
+    const buf = Buffer.allocUnsafe(Math.min(1 << 20, this.offset - this.hashedTo));
+    while (this.hashedTo < this.offset) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, this.offset - this.hashedTo), this.hashedTo);
+      if (bytesRead === 0) throw new Error(`ingest ${this.meta.ref}: data file ends at ${this.hashedTo}, before offset ${this.offset}`);
+      this.hash.update(buf.subarray(0, bytesRead));
+      this.hashedTo += bytesRead;
+    }
   }
 
   private handle(): fs.FileHandle {
@@ -102,8 +129,12 @@ class DiskIngestWriter implements IngestWriter {
     return this.fh;
   }
 
-  async write(data: Uint8Array, at?: number): Promise<void> {
+  async write(data: Uint8Array, at?: number, vouched?: Vouched): Promise<void> {
     const fh = this.handle();
+    // Vouched for: not hashed here (settle() or a later unvouched write reads it back if
+    // it must). Otherwise the hash must first take what was written unhashed before.
+    const hashing = vouched?.offset !== this.offset + data.length;
+    if (hashing && this.hashedTo < this.offset) await this.catchUp();
     // The write runs on libuv's thread pool while this thread hashes the same bytes.
     const written = (async () => {
       let done = 0;
@@ -114,15 +145,17 @@ class DiskIngestWriter implements IngestWriter {
     })();
     // A failed write leaves offset and digest where they were (a retry at the same offset
     // overwrites whatever part landed), so the state to restore is kept.
-    const before = this.hash.copy();
-    this.hash.update(data);
+    const before = hashing ? this.hash.copy() : undefined;
+    if (hashing) this.hash.update(data);
     try {
       await written;
     } catch (err) {
-      this.hash = before;
+      if (before) this.hash = before;
       throw err;
     }
     this.offset += data.length;
+    if (hashing) this.hashedTo = this.offset;
+    this.vouched = hashing ? undefined : vouched;
     this.meta.updatedAt = at ?? preciseNow();
   }
 
@@ -131,9 +164,12 @@ class DiskIngestWriter implements IngestWriter {
     await this.handle().truncate(0);
     this.hash = canonicalDigester();
     this.offset = 0;
+    this.hashedTo = 0;
+    this.vouched = undefined;
   }
 
   async commit(size: number, expected: string): Promise<{ digest: string; size: number }> {
+    await this.settle();
     const fh = this.handle();
     this.fh = undefined;
     let actualSize: number;

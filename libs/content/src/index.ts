@@ -3,7 +3,7 @@
 // PostgreSQL (containerd's metadata content store), and the Content API service.
 
 // Backend role interfaces and the local disk backend.
-export type { Backend, Provider, Ingester, Deleter, IngestWriter, IngestStatus, BlobStat } from './backend.js';
+export type { Backend, Provider, Ingester, Deleter, IngestWriter, IngestStatus, BlobStat, Vouched } from './backend.js';
 export { DiskBackend } from './disk.js';
 // The S3 backend (MinIO or any S3-compatible store).
 export { S3Backend } from './s3.js';

@@ -9,6 +9,7 @@ import type { CallContext } from '@flotilla/bus';
 import { ContainerdError, ErrorClass, errUnavailable, withClass } from '@flotilla/errdefs';
 import { digestError } from './digest.js';
 import type { ContentStore, Info, Status, Writer } from './store.js';
+import type { Vouched } from './backend.js';
 
 interface WriteSession {
   id: string;
@@ -164,21 +165,21 @@ export class ContentService {
    * A later message. An error ends the session, as it ends containerd's stream.
    * `acceptedAt`: when the gateway answered this WRITE on our behalf (pipelined), if it did.
    */
-  async writeNext(session: string, req: api.WriteContentRequest, ctx: CallContext, acceptedAt?: number): Promise<{ reply: api.WriteContentResponse; done: boolean }> {
+  async writeNext(session: string, req: api.WriteContentRequest, ctx: CallContext, acceptedAt?: number, vouched?: Vouched): Promise<{ reply: api.WriteContentResponse; done: boolean }> {
     const s = this.sessions.get(session);
     if (!s) throw errUnavailable('write session expired or unknown');
     const r = s.queue.then(() => {
       if (!this.sessions.has(session)) throw errUnavailable('write session expired or unknown');
-      return this.next(s, req, ctx, acceptedAt);
+      return this.next(s, req, ctx, acceptedAt, vouched);
     });
     s.queue = r.catch(() => {});
     return r;
   }
 
-  private async next(s: WriteSession, req: api.WriteContentRequest, ctx: CallContext, acceptedAt?: number): Promise<{ reply: api.WriteContentResponse; done: boolean }> {
+  private async next(s: WriteSession, req: api.WriteContentRequest, ctx: CallContext, acceptedAt?: number, vouched?: Vouched): Promise<{ reply: api.WriteContentResponse; done: boolean }> {
     if (s.timer) clearTimeout(s.timer);
     try {
-      const done = await this.step(s, req, ctx, acceptedAt);
+      const done = await this.step(s, req, ctx, acceptedAt, vouched);
       const reply = api.WriteContentResponse.fromPartial(s.msg);
       if (done) await this.writeClose(s.id);
       else s.timer = setTimeout(() => void this.writeClose(s.id), SESSION_IDLE_MS).unref();
@@ -209,8 +210,12 @@ export class ContentService {
     await s.writer.close();
   }
 
-  /** One iteration of containerd's contentserver Write loop; true when committed. */
-  private async step(s: WriteSession, req: api.WriteContentRequest, ctx: CallContext, acceptedAt?: number): Promise<boolean> {
+  /**
+   * One iteration of containerd's contentserver Write loop; true when committed.
+   * `vouched`: the stream's digest as the gateway hashed it (WriteStep.digest), taken
+   * instead of hashing the same bytes again while the ingest is at its offset.
+   */
+  private async step(s: WriteSession, req: api.WriteContentRequest, ctx: CallContext, acceptedAt?: number, vouched?: Vouched): Promise<boolean> {
     const { msg, writer } = s;
     msg.action = req.action;
     const ws = writer.status();
@@ -227,6 +232,8 @@ export class ContentService {
     if (req.total > 0) s.total = req.total;
     switch (req.action) {
       case api.WriteAction.STAT:
+        if (vouched) writer.vouch(vouched);
+        await writer.settle();
         msg.digest = writer.digest();
         msg.startedAt = toTimestamp(ws.startedAt);
         msg.updatedAt = toTimestamp(ws.updatedAt);
@@ -242,14 +249,15 @@ export class ContentService {
           msg.offset = 0;
         }
         if (req.data.length > 0) {
-          await writer.write(req.data, acceptedAt);
+          await writer.write(req.data, acceptedAt, vouched);
           msg.offset += req.data.length;
-        }
+        } else if (vouched) writer.vouch(vouched);
         if (req.action === api.WriteAction.COMMIT) {
           await writer.commit(s.total, s.expected, req.labels);
           msg.digest = writer.digest();
           return true;
         }
+        await writer.settle();
         msg.digest = writer.digest();
         return false;
       }

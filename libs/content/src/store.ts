@@ -15,7 +15,7 @@ import type { Sql } from '@flotilla/db';
 import { ContainerdError, ErrorClass, errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound, errUnavailable, isAlreadyExists, isNotFound } from '@flotilla/errdefs';
 import { parseFilters, checkMap } from '@flotilla/filters';
 import { namespaceRequired, validateLabels } from '@flotilla/identifiers';
-import type { Backend, IngestWriter } from './backend.js';
+import type { Backend, IngestWriter, Vouched } from './backend.js';
 import { preciseNow } from '@flotilla/api';
 import { digestError } from './digest.js';
 
@@ -99,9 +99,14 @@ export interface ContentStoreOptions {
 export interface Writer {
   readonly ref: string;
   status(): Status;
+  /** After settle(), when a write was vouched for. */
   digest(): string;
-  /** `at`: the write's time for updatedAt (ms since the epoch), when not now. */
-  write(data: Uint8Array, at?: number): Promise<void>;
+  /** `at`: the write's time for updatedAt (ms since the epoch), when not now; `vouched`: see IngestWriter.write. */
+  write(data: Uint8Array, at?: number, vouched?: Vouched): Promise<void>;
+  /** See IngestWriter.vouch. */
+  vouch(vouched: Vouched): void;
+  /** See IngestWriter.settle. */
+  settle(): Promise<void>;
   truncate(size: number): Promise<void>;
   commit(size: number, expected: string, labels?: Record<string, string>): Promise<void>;
   close(): Promise<void>;
@@ -378,6 +383,7 @@ export class ContentStore {
       const st = inner.status();
       if (size !== 0 && size !== st.offset) throw errFailedPrecondition(`${JSON.stringify(w.ref)} failed size validation: ${st.offset} != ${size}`);
       size = st.offset;
+      await inner.settle?.();
       actual = inner.digest();
       if (expected && expected !== actual) throw errFailedPrecondition(`unexpected commit digest ${actual}, expected ${expected}`);
     }
@@ -460,13 +466,21 @@ export class NamespacedWriter implements Writer {
     return inner;
   }
 
-  async write(data: Uint8Array, at?: number): Promise<void> {
+  async write(data: Uint8Array, at?: number, vouched?: Vouched): Promise<void> {
     this.live();
     if (!this.inner) {
       if (data.length === 0) return;
       await this.materialise(this.desc.size);
     }
-    await this.inner!.write(data, at);
+    await this.inner!.write(data, at, vouched);
+  }
+
+  vouch(vouched: Vouched): void {
+    this.inner?.vouch?.(vouched);
+  }
+
+  async settle(): Promise<void> {
+    await this.inner?.settle?.();
   }
 
   async truncate(size: number): Promise<void> {

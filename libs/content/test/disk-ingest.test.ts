@@ -1,12 +1,14 @@
 // The disk backend's ingests keep the updatedAt of their last write across a close: a
 // pipelined write's time is when the gateway accepted it, before its bytes reach the file,
 // and both a Status of the closed ingest and a resumed writer must report that time
-// (containerd's content testsuite, Resume), not the data file's later mtime.
+// (containerd's content testsuite, Resume), not the data file's later mtime. Writes the
+// gateway vouched for (its digest of the stream) are not hashed twice.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
 import { DiskBackend } from '../src/disk.js';
 
 test('a closed ingest reports its last write\'s time, not when the bytes hit the disk', async () => {
@@ -27,6 +29,59 @@ test('a closed ingest reports its last write\'s time, not when the bytes hit the
     } finally {
       await again.close();
     }
+  } finally {
+    await fs.rm(root, { recursive: true, force: true });
+  }
+});
+
+const sha = (...parts: Buffer[]) => {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p);
+  return `sha256:${h.digest('hex')}`;
+};
+
+test('vouched writes are not hashed again; what was not vouched for is hashed from the file', async () => {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-disk-vouched-'));
+  try {
+    const b = new DiskBackend(root);
+    await b.init();
+    const a = randomBytes(3 << 20);
+    const c = randomBytes(1000);
+    // A digest no hash of the bytes gives: if it comes back, the writer took it unhashed.
+    const marker = `sha256:${'ab'.repeat(32)}`;
+    const w = await b.writer('k2', 'ref-2', 0);
+    await w.write(a, undefined, { digest: marker, offset: a.length });
+    await w.settle!();
+    assert.equal(w.digest(), marker, 'vouched for at this offset');
+    // A write nobody vouched for: the hash first takes a back from the file.
+    await w.write(c);
+    assert.equal(w.digest(), sha(a, c));
+    // Vouched for another offset: ignored, hashed as usual.
+    await w.write(c, undefined, { digest: marker, offset: 1 });
+    assert.equal(w.digest(), sha(a, c, c));
+    // Where the writer hashed everything itself, its own hash wins over a vouch.
+    w.vouch!({ digest: marker, offset: w.offset });
+    assert.equal(w.digest(), sha(a, c, c));
+    // Truncation forgets both.
+    await w.truncate(0);
+    assert.equal(w.digest(), sha());
+    await w.write(a, undefined, { digest: sha(a), offset: a.length });
+    await w.write(c, undefined, { digest: sha(a, c), offset: a.length + c.length });
+    // settle() with no vouch for the offset hashes the file.
+    w.vouch!({ digest: marker, offset: 5 });
+    const committed = await w.commit(0, sha(a, c));
+    assert.deepEqual(committed, { digest: sha(a, c), size: a.length + c.length });
+    assert.ok((await fs.readFile(b.blobPath(sha(a, c)))).equals(Buffer.concat([a, c])));
+
+    // Vouched writes, then a digest asked for at an offset nobody vouched for.
+    const w2 = await b.writer('k3', 'ref-3', 0);
+    await w2.write(a, undefined, { digest: marker, offset: a.length });
+    await w2.write(c, undefined, { digest: marker, offset: a.length + c.length });
+    await w2.truncate(0);
+    await w2.write(c, undefined, { digest: marker, offset: c.length });
+    await w2.write(a);
+    assert.equal(w2.digest(), sha(c, a), 'hash caught up from the file, then took the write');
+    await w2.close();
   } finally {
     await fs.rm(root, { recursive: true, force: true });
   }

@@ -73,9 +73,12 @@ function toStatus(err: unknown): Status {
  * client's message without decoding and re-encoding it: the step's header, then the
  * client's bytes (the bus sends the pieces as one message).
  */
-function rawWriteStep(session: string, req: Buffer, acceptedAt?: number): Buffer[] {
+function rawWriteStep(session: string, req: Buffer, acceptedAt?: number, vouched?: Vouched): Buffer[] {
   const s = Buffer.byteLength(session, 'utf8');
-  const head = Buffer.allocUnsafe((s ? 1 + varintLen(s) + s : 0) + (acceptedAt ? 9 : 0) + 1 + varintLen(req.length));
+  const d = vouched ? Buffer.byteLength(vouched.digest, 'utf8') : 0;
+  const head = Buffer.allocUnsafe(
+    (s ? 1 + varintLen(s) + s : 0) + (acceptedAt ? 9 : 0) + (d ? 1 + varintLen(d) + d + 1 + varintLen(vouched!.offset) : 0) + 1 + varintLen(req.length),
+  );
   let p = 0;
   if (s) {
     head[p++] = 0x0a; // field 1, length-delimited
@@ -86,9 +89,22 @@ function rawWriteStep(session: string, req: Buffer, acceptedAt?: number): Buffer
     head[p++] = 0x21; // field 4, 64-bit (double)
     p = head.writeDoubleLE(acceptedAt, p);
   }
+  if (d) {
+    head[p++] = 0x2a; // field 5, length-delimited
+    p = putVarint(head, p, d);
+    p += head.write(vouched!.digest, p, 'utf8');
+    head[p++] = 0x30; // field 6, varint
+    p = putVarint(head, p, vouched!.offset);
+  }
   head[p++] = 0x12; // field 2, length-delimited
   putVarint(head, p, req.length);
   return [head, req];
+}
+
+/** A WriteStep's digest and digest_offset: what the gateway hashed of the stream. */
+interface Vouched {
+  digest: string;
+  offset: number;
 }
 
 function varintLen(n: number): number {
@@ -291,11 +307,13 @@ export class Gateway {
         if (!session) return;
         const s = session;
         session = '';
-        const step = api.flotillaContent.WriteStep.encode({ session: s, request: undefined, close: true, acceptedAt: 0 }).finish();
+        const step = api.flotillaContent.WriteStep.encode({ session: s, request: undefined, close: true, acceptedAt: 0, digest: '', digestOffset: 0 }).finish();
         await bus.request(next, step, ctx).catch(() => {});
       };
-      const send = async (req: api.content.WriteContentRequest | Buffer, acceptedAt?: number, written?: () => void): Promise<api.flotillaContent.WriteStepReply> => {
-        const step = Buffer.isBuffer(req) ? rawWriteStep(session, req, acceptedAt) : api.flotillaContent.WriteStep.encode({ session, request: req, close: false, acceptedAt: 0 }).finish();
+      const send = async (req: api.content.WriteContentRequest | Buffer, acceptedAt?: number, written?: () => void, vouched?: Vouched): Promise<api.flotillaContent.WriteStepReply> => {
+        const step = Buffer.isBuffer(req)
+          ? rawWriteStep(session, req, acceptedAt, vouched)
+          : api.flotillaContent.WriteStep.encode({ session, request: req, close: false, acceptedAt: 0, digest: '', digestOffset: 0 }).finish();
         const subject = session ? next : api_subject('Write');
         const reply = api.flotillaContent.WriteStepReply.decode(await (written ? bus.requestThen(subject, step, written, ctx) : bus.request(subject, step, ctx)));
         if (!session) {
@@ -323,11 +341,13 @@ export class Gateway {
         // moment the client learns the write is done: the ingest's updated_at.
         hash!.update(req.data);
         offset += req.data.length;
-        call.write(api.content.WriteContentResponse.encode({ ...last!, action: WA.WRITE, offset, digest: digestOf(hash!) }).finish());
+        const digest = digestOf(hash!);
+        call.write(api.content.WriteContentResponse.encode({ ...last!, action: WA.WRITE, offset, digest }).finish());
         const entry = { bytes: req.data.length, done: Promise.resolve() };
         // Once the step is on its way its bytes are needed nowhere: their memory takes a
-        // later message (req.data was hashed above; nothing else keeps a view of buf).
-        entry.done = send(buf, preciseNow(), () => call.recycle(buf)).then(
+        // later message (req.data was hashed above; nothing else keeps a view of buf). The
+        // digest goes with it, so the content service need not hash the bytes again.
+        entry.done = send(buf, preciseNow(), () => call.recycle(buf), { digest, offset }).then(
           (reply) => {
             if (reply.done) asyncError ??= new ContainerdError(ErrorClass.Unknown, 'content write: session ended on a WRITE');
           },
@@ -365,8 +385,11 @@ export class Gateway {
           }
           reply = await send({ ...req, offset, data: req.data.subarray(off) });
         } else {
-          // The client's own bytes as the step's request: no re-encoding of the data.
-          reply = await send(buf);
+          // The client's own bytes as the step's request: no re-encoding of the data. A
+          // step without data (STAT, the COMMIT after pipelined writes) carries the digest
+          // of what the gateway has hashed, which the content service may not have.
+          const vouched = hash && req.data.length === 0 && (req.action === WA.STAT || req.action === WA.COMMIT) ? { digest: digestOf(hash), offset } : undefined;
+          reply = await send(buf, undefined, undefined, vouched);
           if (req.action === WA.STAT && reply.response?.offset === 0) hash = canonicalDigester();
           else if (hash && (req.action === WA.WRITE || req.action === WA.COMMIT)) {
             if (req.offset === 0) hash = canonicalDigester();

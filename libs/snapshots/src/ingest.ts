@@ -32,7 +32,7 @@ export async function openIngest(bus: RequestBus, firstSubject: string, ref: str
   let session = '';
   let next = '';
   const step = async (req: Partial<capi.WriteContentRequest>): Promise<fc.WriteStepReply> => {
-    const data = fc.WriteStep.encode({ session, request: capi.WriteContentRequest.fromPartial({ ref, ...req }), close: false, acceptedAt: 0 }).finish();
+    const data = fc.WriteStep.encode({ session, request: capi.WriteContentRequest.fromPartial({ ref, ...req }), close: false, acceptedAt: 0, digest: '', digestOffset: 0 }).finish();
     const reply = fc.WriteStepReply.decode(await bus.request(session ? next : firstSubject, data, ctx));
     if (!session) {
       session = reply.session;
@@ -44,7 +44,7 @@ export async function openIngest(bus: RequestBus, firstSubject: string, ref: str
     if (!session) return;
     const s = session;
     session = '';
-    await bus.request(next, fc.WriteStep.encode({ session: s, request: undefined, close: true, acceptedAt: 0 }).finish(), ctx).catch(() => {});
+    await bus.request(next, fc.WriteStep.encode({ session: s, request: undefined, close: true, acceptedAt: 0, digest: '', digestOffset: 0 }).finish(), ctx).catch(() => {});
   };
 
   await step({ action: WA.STAT });

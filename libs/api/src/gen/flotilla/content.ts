@@ -25,6 +25,15 @@ export interface WriteStep {
    * moment the client saw the write done, not when the step reached the store. 0: now.
    */
   acceptedAt: number;
+  /**
+   * The digest of the stream's first digest_offset bytes, as the gateway hashed them: set
+   * by a gateway that has seen every byte of this session from offset 0, on its pipelined
+   * WRITEs and on steps without data (STAT, COMMIT). The content service answers with it
+   * (and commits under it) when its own offset is digest_offset, instead of hashing the same
+   * bytes a second time; whatever it has not hashed it hashes from its ingest otherwise.
+   */
+  digest: string;
+  digestOffset: number;
 }
 
 export interface WriteStepReply {
@@ -61,7 +70,7 @@ export interface InfoDataReply {
 }
 
 function createBaseWriteStep(): WriteStep {
-  return { session: "", request: undefined, close: false, acceptedAt: 0 };
+  return { session: "", request: undefined, close: false, acceptedAt: 0, digest: "", digestOffset: 0 };
 }
 
 export const WriteStep: MessageFns<WriteStep> = {
@@ -77,6 +86,12 @@ export const WriteStep: MessageFns<WriteStep> = {
     }
     if (message.acceptedAt !== 0) {
       writer.uint32(33).double(message.acceptedAt);
+    }
+    if (message.digest !== "") {
+      writer.uint32(42).string(message.digest);
+    }
+    if (message.digestOffset !== 0) {
+      writer.uint32(48).int64(message.digestOffset);
     }
     return writer;
   },
@@ -126,6 +141,22 @@ export const WriteStep: MessageFns<WriteStep> = {
             message.acceptedAt = reader.double();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.digest = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.digestOffset = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -149,6 +180,8 @@ export const WriteStep: MessageFns<WriteStep> = {
       : undefined;
     message.close = object.close ?? false;
     message.acceptedAt = object.acceptedAt ?? 0;
+    message.digest = object.digest ?? "";
+    message.digestOffset = object.digestOffset ?? 0;
     return message;
   },
 };
