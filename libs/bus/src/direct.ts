@@ -78,7 +78,8 @@ const spareFrames: Buffer[] = [];
 /** Memory for a frame of `n` bytes: a spare one when it fits, else fresh. */
 function frameBuffer(n: number): Buffer {
   if (n < POOLED_FROM) return Buffer.allocUnsafe(n);
-  const i = spareFrames.findIndex((b) => b.length >= n);
+  // Not a much larger one: a frame nobody gives back (a unary reply) takes its memory along.
+  const i = spareFrames.findIndex((b) => b.length >= n && b.length <= 2 * n + POOL_ROUND);
   if (i >= 0) return spareFrames.splice(i, 1)[0]!.subarray(0, n);
   const whole = Buffer.allocUnsafeSlow(Math.ceil(n / POOL_ROUND) * POOL_ROUND);
   pooled.add(whole.buffer);
