@@ -6,6 +6,8 @@
 #   npm test -- <files...>        only these (after a build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Tests and the stacks they start run on the node npm installed, as `npm start` does.
+PATH="$PWD/node_modules/.bin:$PATH"
 node tools/build.mjs --typecheck
 shopt -s nullglob globstar
 files=()

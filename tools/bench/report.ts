@@ -83,7 +83,7 @@ export const END = '<!-- bench:results:end -->';
 export function markdown(res: BenchResults, svgName: string): string {
   const out: string[] = [BEGIN, ''];
   out.push(`Run of ${res.date} (commit ${res.host.commit}; ${res.host.cpus} CPUs, load average ${res.host.loadavgStart.map((l) => l.toFixed(2)).join(' ')} at start, ${res.host.loadavgEnd.map((l) => l.toFixed(2)).join(' ')} at end${res.quick ? '; **--quick**: small sizes, not a measurement' : ''}).`);
-  out.push(`flotilla ${res.versions.flotilla} vs containerd ${res.versions.containerd}; ratio = flotilla median / containerd median, lower is better for flotilla.`, '');
+  out.push(`flotilla ${res.versions.flotilla} (node ${res.host.node}) vs containerd ${res.versions.containerd}; ratio = flotilla median / containerd median, lower is better for flotilla.`, '');
   out.push(`![ratios flotilla/containerd](${svgName})`, '');
   out.push('| metric | flotilla median [p10–p90] | containerd median [p10–p90] | ratio | target | samples |', '|---|---|---|---|---|---|');
   for (const m of res.metrics) {

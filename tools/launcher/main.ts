@@ -88,7 +88,7 @@ async function main(): Promise<void> {
     const distDir = path.resolve(path.dirname(process.argv[1]!), '..', 'apps');
     supervisor = new Supervisor({ distDir, logDir: cfg.logDir, env, log, detached: true });
     await supervisor.start();
-    log('apps started', { pids: supervisor.pids(), logDir: cfg.logDir });
+    log('apps started', { pids: supervisor.pids(), logDir: cfg.logDir, node: process.version });
 
     // Ready when the real client gets an answer through the gateway.
     const until = Date.now() + READY_TIMEOUT_MS;

@@ -97,6 +97,14 @@ test('launcher: ready line, restarts, and a clean stop with a task still running
     assert.ok(cmdlines.some((c) => c.includes('/postgres -D ')), 'postgres not started');
     for (const app of APPS) await fs.stat(path.join(home, 'h', 'logs', `${app}.log`));
 
+    // Every app runs on the launcher's node, and npm test on the Node.js LTS npm installed
+    // (package.json optionalDependencies) where there is one for this machine.
+    const pinned = path.join(ROOT, 'node_modules', `node-linux-${process.arch}`, 'bin', 'node');
+    if (await fs.stat(pinned).then(() => true, () => false)) assert.equal(await fs.realpath(process.execPath), await fs.realpath(pinned));
+    const launcherExe = await fs.readlink(`/proc/${l.child.pid}/exe`);
+    for (const [pid, c] of kids) if (c.startsWith('flotilla-')) assert.equal(await fs.readlink(`/proc/${pid}/exe`), launcherExe, c);
+    assert.ok(l.stderr().includes(`"msg":"apps started"`) && l.stderr().includes(`"node":"${process.version}"`), 'the launcher logs the node the apps run on');
+
     // An app killed with -9 comes back, and the restart is logged.
     const contentPid = [...kids].find(([, c]) => c === 'flotilla-content')![0];
     process.kill(contentPid, 'SIGKILL');
