@@ -75,6 +75,18 @@ async function alive(pid: number): Promise<string | undefined> {
   return stat;
 }
 
+/**
+ * After a failed assertion: SIGTERM, so the launcher stops the apps and servers it started
+ * in their own process groups (SIGKILL would leave them running); SIGKILL only if it hangs.
+ */
+async function stopLeftover(l: Launched): Promise<void> {
+  if (l.child.exitCode !== null || l.child.signalCode !== null) return;
+  l.child.kill('SIGTERM');
+  const t = setTimeout(() => l.child.kill('SIGKILL'), 30_000);
+  await l.exited;
+  clearTimeout(t);
+}
+
 async function tempHome(): Promise<string> {
   const home = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-launcher-'));
   await fs.chmod(home, 0o755);
@@ -147,7 +159,7 @@ test('launcher: ready line, restarts, and a clean stop with a task still running
     // The cluster persists for the next start.
     await fs.stat(path.join(home, 'h', 'state', 'postgres', 'data', 'PG_VERSION'));
   } finally {
-    if (l.child.exitCode === null) l.child.kill('SIGKILL');
+    await stopLeftover(l);
     await fs.rm(home, { recursive: true, force: true });
   }
 });
@@ -156,8 +168,9 @@ test('launcher: NATS_URL and DATABASE_URL given are used, no servers of its own'
   const home = await tempHome();
   const nats = await startNats();
   const pg = await startPostgres();
+  let l: Launched | undefined;
   try {
-    const l = await launch(path.join(home, 'h'), { NATS_URL: nats.url, DATABASE_URL: pg.url });
+    l = await launch(path.join(home, 'h'), { NATS_URL: nats.url, DATABASE_URL: pg.url });
     const cmdlines = [...(await appsUp(l.child.pid!)).values()];
     assert.equal(cmdlines.length, APPS.length, cmdlines.join(' | '));
     assert.ok(cmdlines.every((c) => c.startsWith('flotilla-')), cmdlines.join(' | '));
@@ -166,6 +179,7 @@ test('launcher: NATS_URL and DATABASE_URL given are used, no servers of its own'
     assert.equal(await l.exited, 0);
     await assert.rejects(fs.stat(l.socket), { code: 'ENOENT' });
   } finally {
+    if (l) await stopLeftover(l);
     await pg.stop();
     await nats.stop();
     await fs.rm(home, { recursive: true, force: true });
