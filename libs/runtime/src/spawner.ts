@@ -158,10 +158,11 @@ export class Spawner {
     try {
       if (!this.own) {
         mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-        // Files left by processes that died with answers owed.
+        // Directories left by processes that died with answers owed: only names of our own
+        // shape (`<pid>-<n>`), so a directory given by mistake (/tmp, say) loses nothing else.
         for (const e of readdirSync(this.dir)) {
-          const pid = Number(e.split('-')[0]);
-          if (!(pid > 0) || !alive(pid)) rmSync(path.join(this.dir, e), { recursive: true, force: true });
+          const m = /^(\d+)-\d+$/.exec(e);
+          if (m && !alive(Number(m[1]))) rmSync(path.join(this.dir, e), { recursive: true, force: true });
         }
         const own = path.join(this.dir, `${process.pid}-${++instances}`);
         mkdirSync(own, { mode: 0o700 });

@@ -3,7 +3,7 @@
 // timeout, and are not children of this process.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -118,13 +118,16 @@ test('when the shell dies, waiting runs fail and their programs are killed; the 
   assert.equal(childrenWith('read -r line').length, 1);
 });
 
-test("a new spawner on the same directory removes dead processes' files, never a live one's", async () => {
+test("a new spawner on the same directory removes dead processes' files, never a live one's nor another's", async () => {
   const stale = path.join(dir, 'spawn', '999999999-1');
   mkdirSync(stale);
+  // Not of a spawner's naming: kept (a directory shared by mistake, /tmp say, loses nothing).
+  mkdirSync(path.join(dir, 'spawn', 'not-ours'));
+  writeFileSync(path.join(dir, 'spawn', '999999999'), 'x');
   const other = new Spawner(path.join(dir, 'spawn'));
   try {
     assert.equal((await other.run('true', [], { timeoutMs: 10_000 })).code, 0);
-    assert.deepEqual(readdirSync(path.join(dir, 'spawn')).sort(), [`${process.pid}-1`, `${process.pid}-2`]);
+    assert.deepEqual(readdirSync(path.join(dir, 'spawn')).sort(), [`${process.pid}-1`, `${process.pid}-2`, '999999999', 'not-ours']);
     assert.equal((await sp.run('true', [], { timeoutMs: 10_000 })).code, 0, 'the first still works');
   } finally {
     other.close();
