@@ -56,12 +56,14 @@ export interface IngestWriter {
    * `at`: the write's time for updatedAt (ms since the epoch), when not now. `vouched`:
    * the digest the ingest will have once `data` is written, as the caller hashed it; a
    * backend may take it instead of hashing `data` (digest() answers it while the ingest
-   * stays at that offset) and hashes from its stored bytes only when it must.
+   * stays at that offset) and hashes from its stored bytes only when it must. A vouched
+   * write may still be running when this resolves (the disk backend overlaps it with the
+   * next); its failure is thrown by a later call, and settle() waits for it.
    */
   write(data: Uint8Array, at?: number, vouched?: Vouched): Promise<void>;
   /** Takes `vouched` as the digest while the ingest is at its offset. Optional. */
   vouch?(vouched: Vouched): void;
-  /** Hashes whatever was written unhashed and is not vouched for at the current offset. Optional. */
+  /** Waits for every write, then hashes whatever was written unhashed and is not vouched for at the current offset. Optional. */
   settle?(): Promise<void>;
   /** Only 0 is supported, as in containerd's local store. */
   truncate(size: number): Promise<void>;

@@ -82,6 +82,13 @@ class DiskIngestWriter implements IngestWriter {
   private hashedTo: number;
   /** The digest at `vouched.offset` as the writer's caller computed it. */
   private vouched: Vouched | undefined;
+  /**
+   * The last vouched write, left running when write() returned (see write). Its `done`
+   * never rejects: a failure is kept in `failed`.
+   */
+  private running: Promise<void> | undefined;
+  /** The first failed write left running, and where it began: the data is good only up to there. */
+  private failed: { err: unknown; at: number } | undefined;
   constructor(
     private readonly backend: DiskBackend,
     private readonly dir: string,
@@ -108,12 +115,36 @@ class DiskIngestWriter implements IngestWriter {
     if (vouched.offset === this.offset) this.vouched = vouched;
   }
 
+  /** The digest is known at the offset once this resolves: every write has landed. */
   async settle(): Promise<void> {
+    await this.drain();
     if (this.hashedTo !== this.offset && this.vouched?.offset !== this.offset) await this.catchUp();
+  }
+
+  /**
+   * Waits for the write left running. After a failed one, the data file is cut back to
+   * where that write began (a resumed ingest takes the file's size as its offset) and the
+   * failure is thrown, to this call and every later one.
+   */
+  private async drain(): Promise<void> {
+    const r = this.running;
+    if (r) {
+      await r;
+      if (this.running === r) this.running = undefined;
+    }
+    const f = this.failed;
+    if (!f) return;
+    if (this.offset > f.at) {
+      this.offset = f.at;
+      this.vouched = undefined;
+      await this.fh?.truncate(f.at).catch(() => {});
+    }
+    throw f.err;
   }
 
   /** Hashes the bytes written unhashed, read back from the data file. */
   private async catchUp(): Promise<void> {
+    await this.drain();
     const fh = this.handle();
     const buf = Buffer.allocUnsafe(Math.min(1 << 20, this.offset - this.hashedTo));
     while (this.hashedTo < this.offset) {
@@ -131,10 +162,13 @@ class DiskIngestWriter implements IngestWriter {
 
   async write(data: Uint8Array, at?: number, vouched?: Vouched): Promise<void> {
     const fh = this.handle();
+    if (this.failed) await this.drain();
     // Vouched for: not hashed here (settle() or a later unvouched write reads it back if
     // it must). Otherwise the hash must first take what was written unhashed before.
     const hashing = vouched?.offset !== this.offset + data.length;
-    if (hashing && this.hashedTo < this.offset) await this.catchUp();
+    if (!hashing) return this.writeBehind(fh, data, at, vouched!);
+    await this.drain();
+    if (this.hashedTo < this.offset) await this.catchUp();
     // The write runs on libuv's thread pool while this thread hashes the same bytes.
     const written = (async () => {
       let done = 0;
@@ -145,22 +179,47 @@ class DiskIngestWriter implements IngestWriter {
     })();
     // A failed write leaves offset and digest where they were (a retry at the same offset
     // overwrites whatever part landed), so the state to restore is kept.
-    const before = hashing ? this.hash.copy() : undefined;
-    if (hashing) this.hash.update(data);
+    const before = this.hash.copy();
+    this.hash.update(data);
     try {
       await written;
     } catch (err) {
-      if (before) this.hash = before;
+      this.hash = before;
       throw err;
     }
     this.offset += data.length;
-    if (hashing) this.hashedTo = this.offset;
-    this.vouched = hashing ? undefined : vouched;
+    this.hashedTo = this.offset;
+    this.vouched = undefined;
     this.meta.updatedAt = at ?? preciseNow();
+  }
+
+  /**
+   * A vouched write (the gateway's pipelined stream) is left running when this returns,
+   * once the write before it has finished: the next message's write can then start the
+   * moment this one ends (the kernel runs writes to one file one at a time), not after this
+   * thread has answered the step and taken the next. At most two are in flight; each keeps
+   * its own buffer. The offset counts the running write: it is where the next one goes,
+   * and a failure takes it back (drain).
+   */
+  private async writeBehind(fh: fs.FileHandle, data: Uint8Array, at: number | undefined, vouched: Vouched): Promise<void> {
+    const start = this.offset;
+    const before = this.running;
+    this.running = (async () => {
+      let done = 0;
+      while (done < data.length) done += (await fh.write(data, done, data.length - done, start + done)).bytesWritten;
+    })().catch((err: unknown) => {
+      if (!this.failed || start < this.failed.at) this.failed = { err, at: start };
+    });
+    this.offset += data.length;
+    this.vouched = vouched;
+    this.meta.updatedAt = at ?? preciseNow();
+    await before;
+    if (this.failed) await this.drain();
   }
 
   async truncate(size: number): Promise<void> {
     if (size !== 0) throw errInvalidArgument('Truncate: unsupported size');
+    await this.drain();
     await this.handle().truncate(0);
     this.hash = canonicalDigester();
     this.offset = 0;
@@ -169,6 +228,7 @@ class DiskIngestWriter implements IngestWriter {
   }
 
   async commit(size: number, expected: string): Promise<{ digest: string; size: number }> {
+    await this.drain();
     await this.settle();
     const fh = this.handle();
     this.fh = undefined;
@@ -200,6 +260,8 @@ class DiskIngestWriter implements IngestWriter {
   async close(): Promise<void> {
     const fh = this.fh;
     if (!fh) return;
+    // A failed write's error went to the step that saw it; here only its cut matters.
+    await this.drain().catch(() => {});
     this.fh = undefined;
     try {
       // The data file's mtime stands in for updatedAt after a crash (ingestStatus, resume

@@ -257,7 +257,11 @@ export class ContentService {
           msg.digest = writer.digest();
           return true;
         }
-        await writer.settle();
+        // A write the gateway vouched for may still be running (the disk writer's
+        // writeBehind): this reply goes only to the gateway, which answered the client
+        // already; a failure reaches the stream with the next step. Anything a client sees
+        // (STAT, COMMIT, a lockstep WRITE) waits for every byte.
+        if (!(vouched && req.data.length > 0)) await writer.settle();
         msg.digest = writer.digest();
         return false;
       }

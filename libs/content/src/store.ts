@@ -380,10 +380,10 @@ export class ContentStore {
       size = w.desc.size;
       actual = w.desc.digest;
     } else {
+      await inner.settle?.();
       const st = inner.status();
       if (size !== 0 && size !== st.offset) throw errFailedPrecondition(`${JSON.stringify(w.ref)} failed size validation: ${st.offset} != ${size}`);
       size = st.offset;
-      await inner.settle?.();
       actual = inner.digest();
       if (expected && expected !== actual) throw errFailedPrecondition(`unexpected commit digest ${actual}, expected ${expected}`);
     }

@@ -86,3 +86,62 @@ test('vouched writes are not hashed again; what was not vouched for is hashed fr
     await fs.rm(root, { recursive: true, force: true });
   }
 });
+
+test('vouched writes left running land in order, and settle() waits for every byte', async () => {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-disk-behind-'));
+  try {
+    const b = new DiskBackend(root);
+    await b.init();
+    const parts = Array.from({ length: 48 }, (_, i) => randomBytes(i % 2 ? 1 << 20 : 65_536 + i));
+    const h = createHash('sha256');
+    const w = await b.writer('k4', 'ref-4', 0);
+    let offset = 0;
+    for (const p of parts) {
+      h.update(p);
+      offset += p.length;
+      await w.write(p, undefined, { digest: `sha256:${h.copy().digest('hex')}`, offset });
+      assert.equal(w.status().offset, offset, 'the offset counts the write left running');
+    }
+    await w.settle!();
+    assert.equal((await fs.stat(path.join(root, 'ingest', 'k4', 'data'))).size, offset, 'every byte is in the file after settle()');
+    const { digest } = await w.commit(0, sha(...parts));
+    // The digest committed was the vouched one: the file itself must hash to it.
+    assert.equal(sha(await fs.readFile(b.blobPath(digest))), sha(...parts));
+  } finally {
+    await fs.rm(root, { recursive: true, force: true });
+  }
+});
+
+test('a vouched write that fails while left running fails the next call and cuts the file back', async () => {
+  // A real ENOSPC: the backend on a 3 MiB tmpfs.
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-disk-enospc-'));
+  const { execFileSync } = await import('node:child_process');
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', root]);
+  try {
+    const b = new DiskBackend(root);
+    await b.init();
+    const w = await b.writer('k5', 'ref-5', 0);
+    const mib = randomBytes(1 << 20);
+    const marker = `sha256:${'cd'.repeat(32)}`;
+    let err: unknown;
+    try {
+      for (let i = 1; i <= 6; i++) await w.write(mib, undefined, { digest: marker, offset: i << 20 });
+      await w.settle!();
+    } catch (e) {
+      err = e;
+    }
+    assert.equal((err as NodeJS.ErrnoException | undefined)?.code, 'ENOSPC', `writes past the space fail: ${err}`);
+    const size = (await fs.stat(path.join(root, 'ingest', 'k5', 'data'))).size;
+    assert.equal(size % (1 << 20), 0, `the file is cut back to where the failed write began (size ${size})`);
+    assert.equal(w.status().offset, size, 'and the offset with it');
+    assert.ok(size < 3 << 20);
+    // The failure sticks: the ingest must be resumed from its status, not written on.
+    await assert.rejects(w.write(mib, undefined, { digest: marker, offset: size + (1 << 20) }), { code: 'ENOSPC' });
+    await assert.rejects(w.commit(0, ''), { code: 'ENOSPC' });
+    await w.close();
+    assert.equal((await b.ingestStatus('k5')).offset, size, 'a resumed writer starts at the cut');
+  } finally {
+    execFileSync('umount', [root]);
+    await fs.rm(root, { recursive: true, force: true });
+  }
+});
