@@ -83,8 +83,8 @@ class DiskIngestWriter implements IngestWriter {
   /** The digest at `vouched.offset` as the writer's caller computed it. */
   private vouched: Vouched | undefined;
   /**
-   * The last vouched write, left running when write() returned (see write). Its `done`
-   * never rejects: a failure is kept in `failed`.
+   * The last vouched write, left running when write() returned (see writeBehind). It never
+   * rejects: a failure is kept in `failed`.
    */
   private running: Promise<void> | undefined;
   /** The first failed write left running, and where it began: the data is good only up to there. */
@@ -228,7 +228,6 @@ class DiskIngestWriter implements IngestWriter {
   }
 
   async commit(size: number, expected: string): Promise<{ digest: string; size: number }> {
-    await this.drain();
     await this.settle();
     const fh = this.handle();
     this.fh = undefined;
