@@ -52,6 +52,12 @@ function readSmall(file: string, dgst: string, offset: number, length: number): 
   }
 }
 
+/** Writes all of `data` at `position` (a pwrite may take less than it is given). */
+async function writeAt(fh: fs.FileHandle, data: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) done += (await fh.write(data, done, data.length - done, position + done)).bytesWritten;
+}
+
 const enoent = (err: unknown) => (err as NodeJS.ErrnoException)?.code === 'ENOENT';
 
 async function fsyncPath(p: string): Promise<void> {
@@ -142,9 +148,8 @@ class DiskIngestWriter implements IngestWriter {
     throw f.err;
   }
 
-  /** Hashes the bytes written unhashed, read back from the data file. */
+  /** Hashes the bytes written unhashed, read back from the data file (after drain()). */
   private async catchUp(): Promise<void> {
-    await this.drain();
     const fh = this.handle();
     const buf = Buffer.allocUnsafe(Math.min(1 << 20, this.offset - this.hashedTo));
     while (this.hashedTo < this.offset) {
@@ -162,7 +167,6 @@ class DiskIngestWriter implements IngestWriter {
 
   async write(data: Uint8Array, at?: number, vouched?: Vouched): Promise<void> {
     const fh = this.handle();
-    if (this.failed) await this.drain();
     // Vouched for: not hashed here (settle() or a later unvouched write reads it back if
     // it must). Otherwise the hash must first take what was written unhashed before.
     const hashing = vouched?.offset !== this.offset + data.length;
@@ -170,13 +174,7 @@ class DiskIngestWriter implements IngestWriter {
     await this.drain();
     if (this.hashedTo < this.offset) await this.catchUp();
     // The write runs on libuv's thread pool while this thread hashes the same bytes.
-    const written = (async () => {
-      let done = 0;
-      while (done < data.length) {
-        const { bytesWritten } = await fh.write(data, done, data.length - done, this.offset + done);
-        done += bytesWritten;
-      }
-    })();
+    const written = writeAt(fh, data, this.offset);
     // A failed write leaves offset and digest where they were (a retry at the same offset
     // overwrites whatever part landed), so the state to restore is kept.
     const before = this.hash.copy();
@@ -202,12 +200,10 @@ class DiskIngestWriter implements IngestWriter {
    * and a failure takes it back (drain).
    */
   private async writeBehind(fh: fs.FileHandle, data: Uint8Array, at: number | undefined, vouched: Vouched): Promise<void> {
+    if (this.failed) await this.drain();
     const start = this.offset;
     const before = this.running;
-    this.running = (async () => {
-      let done = 0;
-      while (done < data.length) done += (await fh.write(data, done, data.length - done, start + done)).bytesWritten;
-    })().catch((err: unknown) => {
+    this.running = writeAt(fh, data, start).catch((err: unknown) => {
       if (!this.failed || start < this.failed.at) this.failed = { err, at: start };
     });
     this.offset += data.length;

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { DiskBackend } from '../src/disk.js';
 
@@ -115,7 +116,6 @@ test('vouched writes left running land in order, and settle() waits for every by
 test('a vouched write that fails while left running fails the next call and cuts the file back', async () => {
   // A real ENOSPC: the backend on a 3 MiB tmpfs.
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-disk-enospc-'));
-  const { execFileSync } = await import('node:child_process');
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', root]);
   try {
     const b = new DiskBackend(root);
