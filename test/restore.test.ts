@@ -7,12 +7,10 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { connect, type NatsConnection } from 'nats';
 import { events as ev, evTask } from '@flotilla/api';
 import type { AppName } from '@flotilla/launcher';
-import { buildBusyboxImage, startStack, testNamespace, type CtrResult, type Stack, type TestImage } from '@flotilla/testing';
+import { buildBusyboxImage, shimOf, startStack, testNamespace, type CtrResult, type Stack, type TestImage } from '@flotilla/testing';
 
 let stack: Stack;
 let image: TestImage;
@@ -87,18 +85,6 @@ function alive(pid: number): boolean {
   return !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
 }
 
-/** The shim daemon serving one task of this stack (its argv names the namespace and id). */
-async function shimOf(ns: string, id: string): Promise<number> {
-  for (const e of await fs.readdir('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
-    const argv = (await fs.readFile(`/proc/${e}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (!path.basename(argv[0] ?? '').startsWith('containerd-shim')) continue;
-    const at = (f: string) => argv[argv.indexOf(f) + 1];
-    if (at('-address') === stack.socket && at('-namespace') === ns && at('-id') === id && !argv.includes('start')) return Number(e);
-  }
-  throw new Error(`no shim for ${ns}/${id}`);
-}
-
 /** kill -9 the apps, then wait until each runs again (a new pid) and tasks answer. */
 async function killApps(apps: AppName[], ns: string, duringOutage?: () => Promise<void>): Promise<void> {
   const old = stack.supervisor.pids();
@@ -137,7 +123,7 @@ test('containers survive kill -9 of agent, tasks and gateway; exits are reported
   assert.ok(x1pid > 0);
 
   // 1. The node agent. Meanwhile e's process and a's exec are killed and d's shim dies.
-  const dShim = await shimOf(ns, 'd');
+  const dShim = await shimOf(stack.socket, ns, 'd');
   await killApps(['node-agent'], ns, async () => {
     process.kill(before.e!.pid, 'SIGKILL');
     process.kill(x1pid, 'SIGKILL');
@@ -186,7 +172,7 @@ test('containers survive kill -9 of agent, tasks and gateway; exits are reported
   assert.deepEqual(Object.keys(await tasks(ns)).sort(), ['a']);
 
   // A shim dying under a running agent: exit and delete, and the task is gone.
-  const aShim = await shimOf(ns, 'a');
+  const aShim = await shimOf(stack.socket, ns, 'a');
   process.kill(aShim, 'SIGKILL');
   await until('a cleaned up', async () => !(await tasks(ns)).a && seen.some((s) => s.topic === '/tasks/delete' && s.containerId === 'a'));
   assert.ok(!alive(keep.a), "a's container process outlived the cleanup of its shim");

@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
-import { buildBusyboxImage, startStack, testNamespace, type Stack, type TestImage } from '@flotilla/testing';
+import { buildBusyboxImage, shimOf, startStack, testNamespace, type Stack, type TestImage } from '@flotilla/testing';
 
 const execFileP = promisify(execFile);
 let stack: Stack;
@@ -141,6 +141,31 @@ test('run -d, ls, ps, exec, pause, resume, metrics, kill and rm', async (t) => {
   assert.notEqual(gone.code, 0);
   assert.match(gone.stderr, /no running task found: task c1 not found: not found/);
   await ok(ns, ['containers', 'rm', 'c1']);
+});
+
+test('a shim that does not answer shows its task UNKNOWN in tasks ls after 2 s, as containerd; the others stay listed', async (t) => {
+  const ns = await setup(t.name);
+  await ok(ns, ['run', '-d', image.name, 'live', '/bin/sleep', '100000']);
+  await ok(ns, ['run', '-d', image.name, 'stuck', '/bin/sleep', '100000']);
+  const shim = await shimOf(stack.socket, ns, 'stuck');
+  process.kill(shim, 'SIGSTOP');
+  try {
+    const listed = await tasks(ns);
+    assert.equal(listed.live?.status, 'RUNNING');
+    // containerd's getProcessState: a State past io.containerd.timeout.task.state (2 s) is
+    // logged and the task shown with the zero state; Debian's containerd prints
+    // `stuck    0      UNKNOWN` after 2 s for a SIGSTOPped shim (checked by hand).
+    assert.deepEqual(listed.stuck, { pid: 0, status: 'UNKNOWN' });
+  } finally {
+    process.kill(shim, 'SIGCONT');
+  }
+  assert.equal((await tasks(ns)).stuck?.status, 'RUNNING');
+  for (const id of ['live', 'stuck']) {
+    await ok(ns, ['tasks', 'kill', '-s', 'SIGKILL', id]);
+    await until(`${id} stopped`, async () => (await tasks(ns))[id]?.status === 'STOPPED');
+    await ok(ns, ['tasks', 'rm', id]);
+    await ok(ns, ['containers', 'rm', id]);
+  }
 });
 
 test('run reports exit statuses: 3, and 137 after SIGKILL', async (t) => {

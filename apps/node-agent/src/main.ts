@@ -19,7 +19,7 @@ void runApp('node-agent', async ({ cfg, bus, log }) => {
   await shims.start();
   const restored = await shims.loadExisting();
   if (restored.length) log('reconnected to running shims', { tasks: restored.length });
-  const agent = new AgentService(shims);
+  const agent = new AgentService(shims, { log });
   await bus.addService({
     name: 'flotilla-node-agent',
     version: FLOTILLA_VERSION,

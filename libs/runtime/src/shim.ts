@@ -14,7 +14,7 @@ import {
   messageOf,
 } from '@flotilla/errdefs';
 import { validateIdentifier } from '@flotilla/identifiers';
-import { TtrpcClient, TtrpcServer } from '@flotilla/ttrpc';
+import { TtrpcClient, TtrpcServer, isClosed } from '@flotilla/ttrpc';
 import { type Bundle, FifoPool, bundleAt, createBundle, deleteBundle, openShimLog, retireBundle } from './bundle.js';
 import { Spawner } from './spawner.js';
 
@@ -305,8 +305,14 @@ export class ShimManager {
     await this.call(this.get(namespace, id), 'Kill', sapi.KillRequest, Empty, { id, execId, signal, all });
   }
 
-  async state(namespace: string, id: string, execId = ''): Promise<sapi.StateResponse> {
-    return this.call(this.get(namespace, id), 'State', sapi.StateRequest, sapi.StateResponse, { id, execId });
+  /** The process's state; NotFound once its shim's connection is gone (deleted meanwhile), as containerd's shimTask.State. */
+  async state(namespace: string, id: string, execId = '', timeoutMs?: number): Promise<sapi.StateResponse> {
+    try {
+      return await this.call(this.get(namespace, id), 'State', sapi.StateRequest, sapi.StateResponse, { id, execId }, timeoutMs);
+    } catch (err) {
+      if (isClosed(err)) throw errNotFound();
+      throw err;
+    }
   }
 
   async pids(namespace: string, id: string): Promise<sapi.PidsResponse> {

@@ -373,6 +373,23 @@ test('a shim that dies is cleaned up: container killed, bundle removed, exit and
   assert.deepEqual(await mountsUnder(path.join(opts.stateDir, NS)), []);
 });
 
+test('a State in flight when the shim goes away is NotFound (deleted meanwhile), as containerd\'s shimTask.State', async () => {
+  const id = 'vanishing';
+  await mgr.createTask({ namespace: NS, id, bundleSpec: spec(id, ['/bin/sleep', '100']), rootfs: rootfs(), stdin: '', stdout: '', stderr: '', terminal: false });
+  await mgr.startTask(NS, id);
+  const shims = shimProcesses().filter((p) => readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0').includes(id));
+  assert.equal(shims.length, 1);
+  // A stopped shim cannot answer: the State is in flight when the connection drops.
+  process.kill(shims[0]!, 'SIGSTOP');
+  const state = mgr.state(NS, id);
+  await new Promise((r) => setTimeout(r, 100));
+  process.kill(shims[0]!, 'SIGKILL');
+  await assert.rejects(state, (err: { errorClass?: string }) => err.errorClass === ErrorClass.NotFound);
+  // Once the connection is gone the task is no longer there at all.
+  await assert.rejects(mgr.state(NS, id), (err: { errorClass?: string }) => err.errorClass === ErrorClass.NotFound);
+  await until('dead-shim delete event', () => topicsFor(id).includes('/tasks/delete'));
+});
+
 test('with a logDir, every shim logs into one shims.log, each line prefixed with its namespace and id', async () => {
   const logDir = path.join(root, 'logs');
   await mgr.close();

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Empty, flotillaAgent, runcOptions, tasks as tapi, taskTypes, toTimestamp, type MessageType } from '@flotilla/api';
 import { CONTINUE, type CallContext, type EndpointSpec, nodeSubject } from '@flotilla/bus';
-import { errInvalidArgument, errNotImplemented, ErrorClass, isNotFound, withClass } from '@flotilla/errdefs';
+import { errInvalidArgument, errNotImplemented, ErrorClass, isNotFound, messageOf, withClass } from '@flotilla/errdefs';
 import { parseFilters } from '@flotilla/filters';
 import { namespaceRequired } from '@flotilla/identifiers';
 import type { ShimManager } from '@flotilla/runtime';
@@ -16,6 +16,8 @@ import type { ShimManager } from '@flotilla/runtime';
 const WAIT_HOLD_MS = 5_000;
 /** Time kept free before the caller's deadline, so our Continue reaches it in time. */
 const HOLD_MARGIN_MS = 2_000;
+/** How long Get and List wait for a shim's State (containerd's io.containerd.timeout.task.state). */
+const STATE_TIMEOUT_MS = 2_000;
 
 type Unit = Record<string, never>;
 const EmptyType = Empty as unknown as MessageType<Unit>;
@@ -25,6 +27,8 @@ export interface AgentOptions {
   holdMs?: number;
   /** Scratch space for checkpoints; default the OS temp directory. */
   tmpDir?: string;
+  /** Where a failed State of a listed task is reported; default nowhere. */
+  log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
 export class AgentService {
@@ -32,11 +36,13 @@ export class AgentService {
   private readonly waits = new Map<string, Promise<{ exitStatus: number; exitedAt: tapi.WaitResponse['exitedAt'] }>>();
   private readonly holdMs: number;
   private readonly tmpDir: string;
+  private readonly log: NonNullable<AgentOptions['log']>;
 
   constructor(private readonly shims: ShimManager, opts: AgentOptions | number = {}) {
     const o = typeof opts === 'number' ? { holdMs: opts } : opts;
     this.holdMs = o.holdMs ?? WAIT_HOLD_MS;
     this.tmpDir = o.tmpDir ?? os.tmpdir();
+    this.log = o.log ?? (() => {});
   }
 
   private ensure(ns: string, id: string): void {
@@ -101,8 +107,21 @@ export class AgentService {
     return {};
   }
 
+  /**
+   * The process as Get and List show it, as containerd's getProcessState: NotFound (a shim
+   * gone meanwhile) is thrown; any other State failure, a shim not answering within 2 s
+   * included, is logged and the process shown with status UNKNOWN, so one stuck shim does
+   * not fail or stall a whole listing.
+   */
   private async process(ns: string, id: string, execId: string): Promise<taskTypes.Process> {
-    const st = await this.shims.state(ns, id, execId);
+    let st: Awaited<ReturnType<ShimManager['state']>>;
+    try {
+      st = await this.shims.state(ns, id, execId, STATE_TIMEOUT_MS);
+    } catch (err) {
+      if (isNotFound(err)) throw err;
+      this.log('get state', { namespace: ns, id, execId, error: messageOf(err) });
+      return { ...taskTypes.Process.fromPartial({}), containerId: id, id: execId || id, status: taskTypes.Status.UNKNOWN };
+    }
     return {
       containerId: id,
       id: execId || id,

@@ -12,6 +12,8 @@ export type { TestS3 } from './s3.js';
 // A whole flotilla stack (servers and the eight built apps) in a temp FLOTILLA_HOME.
 export { startStack, waitServices } from './stack.js';
 export type { Stack } from './stack.js';
+// The shim daemon of one task, to stop or kill it.
+export { shimOf } from './shims.js';
 // The real ctr against any socket.
 export { ctr } from './ctr.js';
 export type { CtrOptions, CtrResult } from './ctr.js';

@@ -34,6 +34,18 @@ export function errorFromStatus(code: number, message: string): ContainerdError 
   return new ContainerdError(cls, base ? `${base}: ${cls}` : cls);
 }
 
+/** The cause of every call failed because the connection is gone (ttrpc-go's ErrClosed). */
+const ERR_CLOSED = new Error('ttrpc: closed');
+
+function errClosed(): ContainerdError {
+  return errUnavailable('ttrpc: closed', { cause: ERR_CLOSED });
+}
+
+/** Whether `err` is a call failed because the connection closed (errors.Is(err, ttrpc.ErrClosed)). */
+export function isClosed(err: unknown): boolean {
+  return err instanceof Error && err.cause === ERR_CLOSED;
+}
+
 export class TtrpcClient {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
@@ -98,7 +110,7 @@ export class TtrpcClient {
    * ContainerdError its code maps to; a lost connection rejects pending calls as Unavailable.
    */
   call(service: string, method: string, payload: Uint8Array, opts: CallOptions = {}): Promise<Uint8Array> {
-    if (this.closed) return Promise.reject(errUnavailable('ttrpc: closed'));
+    if (this.closed) return Promise.reject(errClosed());
     if (opts.signal?.aborted) return Promise.reject(new ContainerdError(ErrorClass.Canceled, ErrorClass.Canceled));
     const req = encodeRequest({
       service,
@@ -151,7 +163,7 @@ export class TtrpcClient {
     this.closed = true;
     for (const p of this.pending.values()) {
       p.done();
-      p.reject(errUnavailable('ttrpc: closed'));
+      p.reject(errClosed());
     }
     this.pending.clear();
     for (const cb of this.closeHandlers.splice(0)) {

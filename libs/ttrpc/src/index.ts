@@ -2,7 +2,7 @@
 // agent uses to drive shims, and the server the shims forward their events to.
 
 // Client: one connection, concurrent unary calls multiplexed by stream id.
-export { TtrpcClient, errorFromStatus } from './client.js';
+export { TtrpcClient, errorFromStatus, isClosed } from './client.js';
 export type { CallOptions } from './client.js';
 // Server: handlers by service/method; thrown errors become google.rpc.Status.
 export { TtrpcServer } from './server.js';
