@@ -283,3 +283,31 @@ test('ctr events shows the lifecycle topics live, filtered as asked', async (t) 
   for (const l of got) assert.match(l, new RegExp(` ${ns} /tasks/`), l);
   assert.ok(all.text().includes(` ${other} /tasks/exit `), 'the unfiltered subscriber sees other namespaces');
 });
+
+test('ctr events keeps streaming while the events service is killed -9 and restarted', async (t) => {
+  const ns = await setup(t.name);
+  const child = spawn('ctr', ['--address', stack.socket, 'events', `namespace==${ns}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  let exited = false;
+  child.on('exit', () => (exited = true));
+  t.after(() => child.kill('SIGKILL'));
+  const probe = async (value: string) => {
+    await until(`the event labelled ${value}`, async () => {
+      await ok(ns, ['namespaces', 'label', ns, `probe=${value}`]);
+      return out.includes(`"probe":"${value}"`) ? true : undefined;
+    });
+  };
+  await probe('before');
+  const old = stack.supervisor.pids().events!;
+  process.kill(old, 'SIGKILL');
+  // Published while no events service runs: the subscription is the gateway's own.
+  await ok(ns, ['run', '--rm', image.name, 'during', '/bin/true']);
+  await until('the events service restarted', async () => {
+    const p = stack.supervisor.pids().events;
+    return p !== undefined && p !== old;
+  });
+  await probe('after');
+  assert.equal(exited, false, 'ctr events is still running');
+  for (const tp of ['/tasks/start', '/tasks/exit', '/tasks/delete']) assert.match(out, new RegExp(` ${ns} ${tp} .*"container_id":"during"`));
+});

@@ -1,8 +1,9 @@
-// flotilla-events: containerd's Events API (Publish, Forward, Subscribe) over NATS subjects.
+// flotilla-events: containerd's Events API (Publish, Forward) over NATS subjects; each gateway
+// answers Subscribe itself.
 import { events as ev } from '@flotilla/api';
 import { runApp, FLOTILLA_VERSION } from '@flotilla/app';
 import { endpointsFor, serviceSubject } from '@flotilla/bus';
-import { EventsService, envelopeFilter } from '@flotilla/events';
+import { EventsService } from '@flotilla/events';
 
 void runApp('events', async ({ bus }) => {
   const svc = new EventsService(bus);
@@ -14,7 +15,6 @@ void runApp('events', async ({ bus }) => {
     endpoints: endpointsFor(ev.EventsDefinition, (m) => serviceSubject('events', m), {
       publish: (req, ctx) => svc.publish(req, ctx),
       forward: (req) => svc.forward(req),
-      subscribe: (req) => svc.subscribe(envelopeFilter(req.filters)),
     }),
   });
   return async () => {};

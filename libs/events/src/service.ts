@@ -1,7 +1,7 @@
 // containerd's Events API over NATS: Publish and Forward put envelopes on the topic's
-// subject; Subscribe streams every envelope published anywhere in the cluster.
+// subject. Subscribe is answered by each gateway from those subjects (libs/gateway/src/events.ts).
 import { events as ev, toTimestamp } from '@flotilla/api';
-import { ALL_EVENTS, type Bus, type CallContext } from '@flotilla/bus';
+import type { Bus, CallContext } from '@flotilla/bus';
 import { errInvalidArgument } from '@flotilla/errdefs';
 import { namespaceRequired } from '@flotilla/identifiers';
 import { publishEnvelope } from './publish.js';
@@ -32,26 +32,5 @@ export class EventsService {
     validateTopic(env.topic);
     publishEnvelope(this.bus, env);
     return {};
-  }
-
-  /**
-   * Every event from now on. The subscription lives as long as the caller keeps reading;
-   * filters are matched by `accept` (containerd's filter language, see @flotilla/filters).
-   */
-  async *subscribe(accept: (env: ev.Envelope) => boolean = () => true): AsyncGenerator<ev.Envelope> {
-    const sub = this.bus.nc.subscribe(ALL_EVENTS);
-    try {
-      for await (const m of sub) {
-        let env: ev.Envelope;
-        try {
-          env = ev.Envelope.decode(m.data);
-        } catch {
-          continue; // Not ours to crash on: a malformed publish from elsewhere.
-        }
-        if (accept(env)) yield env;
-      }
-    } finally {
-      sub.unsubscribe();
-    }
   }
 }

@@ -1,7 +1,8 @@
 // The gateway: containerd 1.6's gRPC API on a unix socket, translated call by call to NATS.
 // It carries namespace, lease, deadline, node and trace context into bus headers and maps
 // containerd error classes back to gRPC status codes. Requests and replies pass through as
-// the client's own protobuf bytes; only content Write is decoded, to frame it for the bus.
+// the client's own protobuf bytes; only content Write is decoded, to frame it for the bus,
+// and the envelopes of events Subscribe, which the gateway filters from the bus itself (events.ts).
 // gRPC itself is @flotilla/grpc's server (not grpc-js: see libs/grpc/src/server.ts).
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -17,6 +18,7 @@ import { routeFor, type Route } from './routes.js';
 import { HEALTH_SERVICE, decodeCheckRequest, encodeCheckResponse, ServingStatus } from './health.js';
 import { listPlugins } from './introspection.js';
 import { GrpcFramer } from './framer.js';
+import { subscribe } from './events.js';
 
 export interface GatewayOptions {
   bus: Bus;
@@ -437,6 +439,9 @@ export class Gateway {
       if (def.fullName === api.tasks.TasksDefinition.fullName && m.name === 'Wait') this.unary(server, pathName, (req, ctx) => this.held(subject, req, ctx));
       else if (content && m.name === 'Info') this.unary(server, pathName, this.contentInfo(route('InfoData')));
       else if (content && m.name === 'Read') this.serverStream(server, pathName, subject, (req, call, ctx) => this.heldRead(req, call, ctx));
+      else if (def.fullName === api.events.EventsDefinition.fullName && m.name === 'Subscribe') {
+        server.serverStream(pathName, (req, call) => this.traced(call, () => subscribe(this.opts.bus, req, call)));
+      }
       else if (m.responseStream) this.serverStream(server, pathName, subject);
       else this.unary(server, pathName, (req, ctx) => this.opts.bus.request(subject, req, ctx));
     }
