@@ -20,6 +20,8 @@ import { Spawner } from './spawner.js';
 
 const TASK_SERVICE = 'containerd.task.v2.Task';
 const EVENTS_SERVICE = 'containerd.services.events.ttrpc.v1.Events';
+/** Tasks whose claimed exits are kept in memory (see ShimManager.claimed). */
+const MAX_CLAIMED_TASKS = 10_000;
 /** containerd's namespace header on ttrpc calls (namespaces.TTRPCHeader). */
 const NS_HEADER = 'containerd-namespace-ttrpc';
 export const DEFAULT_RUNTIME = 'io.containerd.runc.v2';
@@ -120,6 +122,14 @@ export class ShimManager {
   private readonly shims = new Map<string, ShimHandle>();
   /** Keys of tasks being created, so two creates of one id cannot race. */
   private readonly creating = new Set<string>();
+  /**
+   * Exits this process has claimed, per task (`key(ns, id)` -> exit keys), beside the
+   * bundle's `exits` file: a claim must still hold once the bundle is removed (a dead
+   * shim's cleanup removes it, and an exit the shim sent before dying may be read after).
+   * A new task of the same id starts with none; the oldest tasks' are forgotten past
+   * MAX_CLAIMED_TASKS.
+   */
+  private readonly claimed = new Map<string, Set<string>>();
   private readonly events = new TtrpcServer();
   private readonly workRoot: string;
   private readonly log: (msg: string, fields?: Record<string, unknown>) => void;
@@ -236,6 +246,7 @@ export class ShimManager {
     const k = key(ns, id);
     if (this.shims.has(k) || this.creating.has(k)) throw errAlreadyExists(`task ${id}`);
     this.creating.add(k);
+    this.claimed.delete(k);
     try {
       const binary = this.binaryFor(req.runtime);
       const bundle = await this.newBundle(ns, id, req.bundleSpec);
@@ -596,7 +607,7 @@ export class ShimManager {
     const pid = res?.pid ?? 0;
     const exitStatus = res ? res.exitStatus : 255;
     const exitedAt = res?.exitedAt ?? toTimestamp();
-    if (!reported.has(exitKey('', pid))) {
+    if (!reported.has(exitKey('', pid)) && this.claimExit(namespace, id, '', pid)) {
       await this.opts.onEvent({
         topic: '/tasks/exit',
         namespace,
@@ -615,12 +626,22 @@ export class ShimManager {
 
   /**
    * Records that the exit of process (execId, pid) of the task is being reported; false when
-   * it was already. Kept in the bundle (file `exits`) so it survives our restarts. Synchronous,
-   * so two reporters (the shim re-sending, our state check) cannot both win.
+   * it was already. Kept in the bundle (file `exits`) so it survives our restarts, and in
+   * memory so it survives the bundle's removal. Synchronous, so two reporters (the shim
+   * re-sending, our state check, a dead shim's cleanup) cannot both win.
    */
   private claimExit(namespace: string, id: string, execId: string, pid: number): boolean {
+    const k = key(namespace, id);
+    const ek = exitKey(execId, pid);
+    let mine = this.claimed.get(k);
+    if (mine?.has(ek)) return false;
+    if (!mine) {
+      if (this.claimed.size >= MAX_CLAIMED_TASKS) this.claimed.delete(this.claimed.keys().next().value!);
+      this.claimed.set(k, (mine = new Set()));
+    }
+    mine.add(ek);
     const bundle = bundleAt(this.opts.stateDir, namespace, id);
-    if (readExits(bundle).has(exitKey(execId, pid))) return false;
+    if (readExits(bundle).has(ek)) return false;
     try {
       appendFileSync(path.join(bundle.path, 'exits'), exitKey(execId, pid) + '\n', { mode: 0o600 });
     } catch {

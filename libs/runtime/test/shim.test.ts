@@ -9,9 +9,10 @@ import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { evTask, taskTypes, type Mount } from '@flotilla/api';
+import { evTask, taskTypes, toTimestamp, ttrpcEvents, type Mount } from '@flotilla/api';
 import { ErrorClass } from '@flotilla/errdefs';
 import { ShimManager, defaultSpec, encodeSpec, type ShimEvent, type ShimManagerOptions } from '@flotilla/runtime';
+import { TtrpcClient } from '@flotilla/ttrpc';
 
 const NS = `rt-test-${process.pid}`;
 const SHIM = 'containerd-shim-runc-v2';
@@ -371,6 +372,31 @@ test('a shim that dies is cleaned up: container killed, bundle removed, exit and
   await assert.rejects(fs.lstat(address.slice('unix://'.length)), { code: 'ENOENT' });
   await assert.rejects(fs.lstat(mgr.bundlePath(NS, id)), { code: 'ENOENT' });
   assert.deepEqual(await mountsUnder(path.join(opts.stateDir, NS)), []);
+});
+
+test('an exit a shim sent before dying, read after its cleanup reported the exit, is not reported again', async () => {
+  const id = 'late-exit';
+  const { pid } = await mgr.createTask({ namespace: NS, id, bundleSpec: spec(id, ['/bin/sleep', '100']), rootfs: rootfs(), stdin: '', stdout: '', stderr: '', terminal: false });
+  await mgr.startTask(NS, id);
+  const shims = shimProcesses().filter((p) => readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0').includes(id));
+  assert.equal(shims.length, 1);
+  process.kill(shims[0]!, 'SIGKILL');
+  await until('dead-shim delete event', () => topicsFor(id).includes('/tasks/delete'));
+  const exits = () => events.filter((e) => e.topic === '/tasks/exit' && decodeContainerId(e) === id).length;
+  assert.equal(exits(), 1);
+  // What the shim's publisher would deliver late: the same exit, on the agent's events socket.
+  const late = await TtrpcClient.connect(opts.eventsSocket);
+  try {
+    const exit = evTask.TaskExit.encode({ containerId: id, id, pid, exitStatus: 137, exitedAt: toTimestamp() }).finish();
+    const req = ttrpcEvents.ForwardRequest.encode({
+      envelope: { timestamp: toTimestamp(), namespace: NS, topic: '/tasks/exit', event: { typeUrl: 'containerd.events.TaskExit', value: Buffer.from(exit) } },
+    }).finish();
+    // Forward answers once the event is published or dropped.
+    await late.call('containerd.services.events.ttrpc.v1.Events', 'Forward', req);
+  } finally {
+    late.close();
+  }
+  assert.equal(exits(), 1);
 });
 
 test('a State in flight when the shim goes away is NotFound (deleted meanwhile), as containerd\'s shimTask.State', async () => {
