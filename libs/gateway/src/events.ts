@@ -6,7 +6,7 @@
 // service instance; this way a stream outlives restarts of the events service.
 import * as api from '@flotilla/api';
 import { ALL_EVENTS, type Bus } from '@flotilla/bus';
-import { GrpcCode, errUnavailable } from '@flotilla/errdefs';
+import { GrpcCode, errInvalidArgument, errUnavailable, messageOf } from '@flotilla/errdefs';
 import { envelopeFilter } from '@flotilla/events';
 import { GrpcError, type StreamingCall } from '@flotilla/grpc';
 
@@ -18,13 +18,20 @@ import { GrpcError, type StreamingCall } from '@flotilla/grpc';
 export const MAX_EVENT_BACKLOG = 16 << 20;
 
 /**
- * Streams the events `req`'s filters accept until the client cancels. Bad filters fail the
- * call (InvalidArgument) before anything is subscribed; a bus connection closed for good
+ * Streams the events `req`'s filters accept until the client cancels. A request that does
+ * not decode or bad filters fail the call (InvalidArgument) before anything is subscribed; a bus connection closed for good
  * ends it with Unavailable. A NATS reconnect keeps the subscription (events published while
  * the gateway was cut off are not seen, as nothing of the cluster saw them).
  */
 export function subscribe(bus: Bus, req: Uint8Array, call: StreamingCall, backlogLimit = MAX_EVENT_BACKLOG): Promise<void> {
-  const accept = envelopeFilter(api.events.SubscribeRequest.decode(req).filters);
+  let filters: string[];
+  try {
+    filters = api.events.SubscribeRequest.decode(req).filters;
+  } catch (err) {
+    // As the services answer a request that does not decode (libs/bus rpc.ts).
+    throw errInvalidArgument(`malformed Events.Subscribe request: ${messageOf(err)}`);
+  }
+  const accept = envelopeFilter(filters);
   return new Promise<void>((resolve, reject) => {
     let ended = false;
     // Bytes written since the call's queue went past its high-water mark.

@@ -93,13 +93,20 @@ test('published envelopes reach a subscriber byte for byte, through its filters'
   assert.ok(seen.every((e) => e.namespace === 'ns1' && e.topic === '/tasks/exit'));
 });
 
-test('a malformed filter is InvalidArgument', async () => {
-  const stream = subscribe(['topic==']);
-  const err = await new Promise<grpc.ServiceError>((resolve) => {
+function failure(stream: grpc.ClientReadableStream<Buffer>): Promise<grpc.ServiceError> {
+  return new Promise((resolve) => {
     stream.on('error', resolve);
     stream.on('data', () => {});
   });
+}
+
+test('a malformed filter, or a request that does not decode, is InvalidArgument', async () => {
+  assert.equal((await failure(subscribe(['topic==']))).code, grpc.status.INVALID_ARGUMENT);
+  // Field 1 (filters) as a length-delimited string that runs past the end.
+  const raw = client.makeServerStreamRequest(SUBSCRIBE, (b: Buffer) => b, (b: Buffer) => b, Buffer.from([0x0a, 0x7f, 0x61]));
+  const err = await failure(raw);
   assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  assert.match(err.details, /^malformed Events\.Subscribe request: /);
 });
 
 test('a subscriber that stops reading is ended with RESOURCE_EXHAUSTED past the backlog bound', async () => {
