@@ -32,6 +32,7 @@ export function subscribe(bus: Bus, req: Uint8Array, call: StreamingCall, backlo
     throw errInvalidArgument(`malformed Events.Subscribe request: ${messageOf(err)}`);
   }
   const accept = envelopeFilter(filters);
+  if (bus.nc.isClosed()) throw errUnavailable('events: bus connection closed');
   return new Promise<void>((resolve, reject) => {
     let ended = false;
     // Bytes written since the call's queue went past its high-water mark.

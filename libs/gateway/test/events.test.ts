@@ -142,3 +142,9 @@ test('a subscription outlives a NATS restart', async () => {
   stream.cancel();
   assert.equal(idOf(got), 'after');
 });
+
+test('with its bus connection closed for good, Subscribe is UNAVAILABLE (runs last: it closes the bus)', async () => {
+  await bus.close();
+  const err = await failure(subscribe([]));
+  assert.equal(err.code, grpc.status.UNAVAILABLE, err.message);
+});
