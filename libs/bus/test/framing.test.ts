@@ -67,10 +67,13 @@ test('a page that fills batches exactly still ends the stream with its last batc
 
 test('a batch buffer given back once written takes a later batch; small ones never', async () => {
   const MiB = 1024 * 1024;
+  // One message per batch: the producer yields the next only once the test has read the
+  // batch before (a timer between yields raced the cursor's turn on a loaded machine).
+  let release = () => {};
   async function* big() {
     for (let i = 0; i < 6; i++) {
       yield Buffer.alloc(MiB + 1000 * i, i + 1);
-      await new Promise((r) => setTimeout(r, 5)); // one message per batch
+      await new Promise<void>((r) => (release = r));
     }
   }
   const cursor = new StreamCursor(big(), 8 * MiB);
@@ -83,6 +86,7 @@ test('a batch buffer given back once written takes a later batch; small ones nev
     // Read (copied, as a transport would send it) before the buffer is given back.
     out.push(...reader.read(Buffer.from(batch)).map((b) => Buffer.from(b)));
     cursor.reuse(batch);
+    release();
     if (end) break;
   }
   assert.deepEqual(out.map((b) => [b.length, b[0], b[b.length - 1]]), Array.from({ length: 6 }, (_, i) => [MiB + 1000 * i, i + 1, i + 1]));
