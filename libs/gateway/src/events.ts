@@ -19,9 +19,10 @@ export const MAX_EVENT_BACKLOG = 16 << 20;
 
 /**
  * Streams the events `req`'s filters accept until the client cancels. A request that does
- * not decode or bad filters fail the call (InvalidArgument) before anything is subscribed; a bus connection closed for good
- * ends it with Unavailable. A NATS reconnect keeps the subscription (events published while
- * the gateway was cut off are not seen, as nothing of the cluster saw them).
+ * not decode, or bad filters, fail the call (InvalidArgument) before anything is
+ * subscribed; a bus connection closed for good fails or ends it with Unavailable. A NATS
+ * reconnect keeps the subscription (what was published while this gateway was cut off from
+ * NATS is not seen).
  */
 export function subscribe(bus: Bus, req: Uint8Array, call: StreamingCall, backlogLimit = MAX_EVENT_BACKLOG): Promise<void> {
   let filters: string[];

@@ -643,7 +643,7 @@ export class ShimManager {
     const bundle = bundleAt(this.opts.stateDir, namespace, id);
     if (readExits(bundle).has(ek)) return false;
     try {
-      appendFileSync(path.join(bundle.path, 'exits'), exitKey(execId, pid) + '\n', { mode: 0o600 });
+      appendFileSync(path.join(bundle.path, 'exits'), ek + '\n', { mode: 0o600 });
     } catch {
       // No bundle (a task we do not own): nothing to remember it in; report it.
     }
