@@ -5,43 +5,25 @@
 // restart. Real nats-server and a grpc-js client.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { events as ev, evTask, toTimestamp } from '@flotilla/api';
-import { Bus } from '@flotilla/bus';
 import { publishEnvelope } from '@flotilla/events';
-import { Gateway, MAX_EVENT_BACKLOG } from '@flotilla/gateway';
-import { startNats, type TestNats } from '@flotilla/testing';
+import { MAX_EVENT_BACKLOG } from '@flotilla/gateway';
+import { startLoneGateway, type LoneGateway } from '@flotilla/testing';
 
 const SUBSCRIBE = '/containerd.services.events.v1.Events/Subscribe';
-let dir: string;
-let nats: TestNats;
-let bus: Bus;
-let gw: Gateway;
-let client: grpc.Client;
+let gw: LoneGateway;
 
 before(async () => {
-  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-gw-events-'));
-  nats = await startNats();
-  bus = await Bus.connect({ url: nats.url, name: 'gw-events-test' });
-  const socket = path.join(dir, 'gw.sock');
-  gw = new Gateway({ bus, socket, nodeId: 'events-node', stateDir: path.join(dir, 'gw'), version: 'test', revision: 'test' });
-  await gw.start();
-  client = new grpc.Client(`unix://${socket}`, grpc.credentials.createInsecure());
+  gw = await startLoneGateway('gw-events');
 });
 
 after(async () => {
-  client?.close();
   await gw?.stop();
-  await bus?.close().catch(() => {});
-  await nats?.stop().catch(() => {});
-  await fs.rm(dir, { recursive: true, force: true });
 });
 
 function subscribe(filters: string[]): grpc.ClientReadableStream<Buffer> {
-  return client.makeServerStreamRequest(SUBSCRIBE, (b: Buffer) => b, (b: Buffer) => b, Buffer.from(ev.SubscribeRequest.encode({ filters }).finish()));
+  return gw.client.makeServerStreamRequest(SUBSCRIBE, (b: Buffer) => b, (b: Buffer) => b, Buffer.from(ev.SubscribeRequest.encode({ filters }).finish()));
 }
 
 /** A /tasks/exit envelope for `id`; with `padding`, an event of that many bytes instead (an Any of a test type). */
@@ -65,7 +47,7 @@ async function delivered(stream: grpc.ClientReadableStream<Buffer>, namespace: s
     stream.on('data', onData);
     stream.once('error', reject);
   });
-  const timer = setInterval(() => publishEnvelope(bus, exitEnvelope(namespace, id)), 50);
+  const timer = setInterval(() => publishEnvelope(gw.bus, exitEnvelope(namespace, id)), 50);
   try {
     return await got;
   } finally {
@@ -81,10 +63,10 @@ test('published envelopes reach a subscriber byte for byte, through its filters'
   // The bytes as published: containerd's Envelope encoding of the same fields.
   assert.deepEqual(first, Buffer.from(ev.Envelope.encode(ev.Envelope.decode(first)).finish()));
   stream.on('data', (b: Buffer) => seen.push(ev.Envelope.decode(b)));
-  publishEnvelope(bus, exitEnvelope('other', 'skipped'));
-  publishEnvelope(bus, { ...exitEnvelope('ns1', 'skipped'), topic: '/tasks/start' });
-  publishEnvelope(bus, exitEnvelope('ns1', 'c1'));
-  publishEnvelope(bus, exitEnvelope('ns1', 'last'));
+  publishEnvelope(gw.bus, exitEnvelope('other', 'skipped'));
+  publishEnvelope(gw.bus, { ...exitEnvelope('ns1', 'skipped'), topic: '/tasks/start' });
+  publishEnvelope(gw.bus, exitEnvelope('ns1', 'c1'));
+  publishEnvelope(gw.bus, exitEnvelope('ns1', 'last'));
   const ids = () => seen.map((e) => evTask.TaskExit.decode(e.event!.value).containerId).filter((id) => id !== 'warm');
   const end = Date.now() + 5000;
   while (!ids().includes('last') && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
@@ -103,7 +85,7 @@ function failure(stream: grpc.ClientReadableStream<Buffer>): Promise<grpc.Servic
 test('a malformed filter, or a request that does not decode, is InvalidArgument', async () => {
   assert.equal((await failure(subscribe(['topic==']))).code, grpc.status.INVALID_ARGUMENT);
   // Field 1 (filters) as a length-delimited string that runs past the end.
-  const raw = client.makeServerStreamRequest(SUBSCRIBE, (b: Buffer) => b, (b: Buffer) => b, Buffer.from([0x0a, 0x7f, 0x61]));
+  const raw = gw.client.makeServerStreamRequest(SUBSCRIBE, (b: Buffer) => b, (b: Buffer) => b, Buffer.from([0x0a, 0x7f, 0x61]));
   const err = await failure(raw);
   assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
   assert.match(err.details, /^malformed Events\.Subscribe request: /);
@@ -116,8 +98,8 @@ test('a subscriber that stops reading is ended with RESOURCE_EXHAUSTED past the 
   const piece = 512 << 10;
   // The call's own queue and the HTTP/2 windows take some; the bound the rest.
   const count = Math.ceil((MAX_EVENT_BACKLOG * 2) / piece) + 64;
-  for (let i = 0; i < count; i++) publishEnvelope(bus, exitEnvelope('slow', `p${i}`, piece));
-  await bus.nc.flush();
+  for (let i = 0; i < count; i++) publishEnvelope(gw.bus, exitEnvelope('slow', `p${i}`, piece));
+  await gw.bus.nc.flush();
   let timer: NodeJS.Timeout | undefined;
   const err = await new Promise<grpc.ServiceError | undefined>((resolve) => {
     timer = setTimeout(() => resolve(undefined), 30_000);
@@ -135,16 +117,14 @@ test('a subscriber that stops reading is ended with RESOURCE_EXHAUSTED past the 
 test('a subscription outlives a NATS restart', async () => {
   const stream = subscribe(['namespace==restart']);
   await delivered(stream, 'restart', 'before');
-  const port = nats.port;
-  await nats.stop();
-  nats = await startNats({ port });
+  await gw.restartNats();
   const got = await delivered(stream, 'restart', 'after');
   stream.cancel();
   assert.equal(idOf(got), 'after');
 });
 
 test('with its bus connection closed for good, Subscribe is UNAVAILABLE (runs last: it closes the bus)', async () => {
-  await bus.close();
+  await gw.bus.close();
   const err = await failure(subscribe([]));
   assert.equal(err.code, grpc.status.UNAVAILABLE, err.message);
 });

@@ -9,6 +9,9 @@ export type { TestPostgres, PostgresOptions } from './postgres.js';
 // An S3 server (s3rver) in a temp dir, for the S3 content backend.
 export { startS3 } from './s3.js';
 export type { TestS3 } from './s3.js';
+// A gateway alone on a lone nats-server, with a grpc-js client on its socket.
+export { startLoneGateway } from './gateway.js';
+export type { LoneGateway } from './gateway.js';
 // A whole flotilla stack (servers and the eight built apps) in a temp FLOTILLA_HOME.
 export { startStack, waitServices } from './stack.js';
 export type { Stack } from './stack.js';
