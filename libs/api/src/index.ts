@@ -34,5 +34,5 @@ export type { MessageType, ServiceDefinition, MethodDefinition } from './util.js
 // flotilla's own messages (proto/flotilla).
 export * as flotillaContent from './gen/flotilla/content.js';
 export * as flotillaAgent from './gen/flotilla/agent.js';
-export { preciseNow } from './clock.js';
+export { preciseNow, reanchorClock } from './clock.js';
 export { canonicalDigester, digestOf } from './digest.js';
