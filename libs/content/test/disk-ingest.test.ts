@@ -12,11 +12,22 @@ import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { DiskBackend } from '../src/disk.js';
 
-test('a closed ingest reports its last write\'s time, not when the bytes hit the disk', async () => {
-  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-disk-ingest-'));
+/** `fn` on a DiskBackend in a fresh directory, removed after; with `tmpfsSize`, on a tmpfs of that size. */
+async function withBackend(prefix: string, fn: (b: DiskBackend, root: string) => Promise<void>, tmpfsSize?: string): Promise<void> {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), `flotilla-disk-${prefix}-`));
+  if (tmpfsSize) execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${tmpfsSize}`, 'tmpfs', root]);
   try {
     const b = new DiskBackend(root);
     await b.init();
+    await fn(b, root);
+  } finally {
+    if (tmpfsSize) execFileSync('umount', [root]);
+    await fs.rm(root, { recursive: true, force: true });
+  }
+}
+
+test('a closed ingest reports its last write\'s time, not when the bytes hit the disk', async () => {
+  await withBackend('ingest', async (b) => {
     const w = await b.writer('k1', 'ref-1', 256);
     const accepted = Date.now() - 50.25; // the write was accepted 50 ms before it is done here
     await w.write(Buffer.alloc(128, 1), accepted);
@@ -30,9 +41,7 @@ test('a closed ingest reports its last write\'s time, not when the bytes hit the
     } finally {
       await again.close();
     }
-  } finally {
-    await fs.rm(root, { recursive: true, force: true });
-  }
+  });
 });
 
 const sha = (...parts: Buffer[]) => {
@@ -42,10 +51,7 @@ const sha = (...parts: Buffer[]) => {
 };
 
 test('vouched writes are not hashed again; what was not vouched for is hashed from the file', async () => {
-  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-disk-vouched-'));
-  try {
-    const b = new DiskBackend(root);
-    await b.init();
+  await withBackend('vouched', async (b) => {
     const a = randomBytes(3 << 20);
     const c = randomBytes(1000);
     // A digest no hash of the bytes gives: if it comes back, the writer took it unhashed.
@@ -83,16 +89,11 @@ test('vouched writes are not hashed again; what was not vouched for is hashed fr
     await w2.write(a);
     assert.equal(w2.digest(), sha(c, a), 'hash caught up from the file, then took the write');
     await w2.close();
-  } finally {
-    await fs.rm(root, { recursive: true, force: true });
-  }
+  });
 });
 
 test('vouched writes left running land in order, and settle() waits for every byte', async () => {
-  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-disk-behind-'));
-  try {
-    const b = new DiskBackend(root);
-    await b.init();
+  await withBackend('behind', async (b, root) => {
     const parts = Array.from({ length: 48 }, (_, i) => randomBytes(i % 2 ? 1 << 20 : 65_536 + i));
     const h = createHash('sha256');
     const w = await b.writer('k4', 'ref-4', 0);
@@ -108,18 +109,12 @@ test('vouched writes left running land in order, and settle() waits for every by
     const { digest } = await w.commit(0, sha(...parts));
     // The digest committed was the vouched one: the file itself must hash to it.
     assert.equal(sha(await fs.readFile(b.blobPath(digest))), sha(...parts));
-  } finally {
-    await fs.rm(root, { recursive: true, force: true });
-  }
+  });
 });
 
 test('a vouched write that fails while left running fails the next call and cuts the file back', async () => {
   // A real ENOSPC: the backend on a 3 MiB tmpfs.
-  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'flotilla-disk-enospc-'));
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', root]);
-  try {
-    const b = new DiskBackend(root);
-    await b.init();
+  await withBackend('enospc', async (b, root) => {
     const w = await b.writer('k5', 'ref-5', 0);
     const mib = randomBytes(1 << 20);
     const marker = `sha256:${'cd'.repeat(32)}`;
@@ -140,8 +135,5 @@ test('a vouched write that fails while left running fails the next call and cuts
     await assert.rejects(w.commit(0, ''), { code: 'ENOSPC' });
     await w.close();
     assert.equal((await b.ingestStatus('k5')).offset, size, 'a resumed writer starts at the cut');
-  } finally {
-    execFileSync('umount', [root]);
-    await fs.rm(root, { recursive: true, force: true });
-  }
+  }, '3m');
 });
