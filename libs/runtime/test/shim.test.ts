@@ -41,6 +41,13 @@ function shimProcesses(): number[] {
   return out;
 }
 
+/** The one shim daemon of task `id` (an earlier test's may still be exiting). */
+function shimOfTask(id: string): number {
+  const shims = shimProcesses().filter((p) => readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0').includes(id));
+  assert.equal(shims.length, 1);
+  return shims[0]!;
+}
+
 async function mountsUnder(dir: string): Promise<string[]> {
   const info = await fs.readFile('/proc/self/mountinfo', 'utf8');
   return info.split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(dir));
@@ -357,10 +364,8 @@ test('a shim that dies is cleaned up: container killed, bundle removed, exit and
   const { pid } = await mgr.createTask({ namespace: NS, id, bundleSpec: spec(id, ['/bin/sleep', '100']), rootfs: rootfs(), stdin: '', stdout: '', stderr: '', terminal: false });
   await mgr.startTask(NS, id);
   const address = await fs.readFile(path.join(mgr.bundlePath(NS, id), 'address'), 'utf8');
-  // Only this task's shim: an earlier test's may still be exiting.
-  const shims = shimProcesses().filter((p) => readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0').includes(id));
-  assert.equal(shims.length, 1);
-  process.kill(shims[0]!, 'SIGKILL');
+  const shim = shimOfTask(id);
+  process.kill(shim, 'SIGKILL');
   await until('dead-shim delete event', () => topicsFor(id).includes('/tasks/delete'));
   assert.equal(mgr.has(NS, id), false);
   const exit = events.filter((e) => e.topic === '/tasks/exit' && decodeContainerId(e) === id).pop()!;
@@ -378,9 +383,8 @@ test('an exit a shim sent before dying, read after its cleanup reported the exit
   const id = 'late-exit';
   const { pid } = await mgr.createTask({ namespace: NS, id, bundleSpec: spec(id, ['/bin/sleep', '100']), rootfs: rootfs(), stdin: '', stdout: '', stderr: '', terminal: false });
   await mgr.startTask(NS, id);
-  const shims = shimProcesses().filter((p) => readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0').includes(id));
-  assert.equal(shims.length, 1);
-  process.kill(shims[0]!, 'SIGKILL');
+  const shim = shimOfTask(id);
+  process.kill(shim, 'SIGKILL');
   await until('dead-shim delete event', () => topicsFor(id).includes('/tasks/delete'));
   const exits = () => events.filter((e) => e.topic === '/tasks/exit' && decodeContainerId(e) === id).length;
   assert.equal(exits(), 1);
@@ -403,13 +407,12 @@ test('a State in flight when the shim goes away is NotFound (deleted meanwhile),
   const id = 'vanishing';
   await mgr.createTask({ namespace: NS, id, bundleSpec: spec(id, ['/bin/sleep', '100']), rootfs: rootfs(), stdin: '', stdout: '', stderr: '', terminal: false });
   await mgr.startTask(NS, id);
-  const shims = shimProcesses().filter((p) => readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0').includes(id));
-  assert.equal(shims.length, 1);
+  const shim = shimOfTask(id);
   // A stopped shim cannot answer: the State is in flight when the connection drops.
-  process.kill(shims[0]!, 'SIGSTOP');
+  process.kill(shim, 'SIGSTOP');
   const state = mgr.state(NS, id);
   await new Promise((r) => setTimeout(r, 100));
-  process.kill(shims[0]!, 'SIGKILL');
+  process.kill(shim, 'SIGKILL');
   await assert.rejects(state, (err: { errorClass?: string }) => err.errorClass === ErrorClass.NotFound);
   // Once the connection is gone the task is no longer there at all.
   await assert.rejects(mgr.state(NS, id), (err: { errorClass?: string }) => err.errorClass === ErrorClass.NotFound);
