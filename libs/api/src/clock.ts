@@ -58,8 +58,12 @@ export function reanchorClock(): void {
 
 /** Milliseconds since the epoch, with a microsecond fraction. */
 export function preciseNow(): number {
-  if (anchorHr === 0n || process.hrtime.bigint() - anchorHr > ANCHOR_MAX_AGE_NS) anchor();
-  let est = anchorWall + Number(process.hrtime.bigint() - anchorHr) / 1e6;
+  let hr = process.hrtime.bigint();
+  if (anchorHr === 0n || hr - anchorHr > ANCHOR_MAX_AGE_NS) {
+    anchor();
+    hr = process.hrtime.bigint();
+  }
+  let est = anchorWall + Number(hr - anchorHr) / 1e6;
   const wall = Date.now();
   if (est < wall || est >= wall + 1) {
     anchor();
